@@ -1,0 +1,41 @@
+"""llm-pool: a queue-driven pool of LLM workers over Redis (contract v1, ../shared/contract.md).
+
+Importing the package is cheap; the client does not import LiteLLM.
+"""
+
+from llm_pool.client import InvalidRequestError, LLMPool, ReplyTimeout
+from llm_pool.keys import Keys
+from llm_pool.schemas import (
+    ChunkEvent,
+    CompletionRequest,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    ErrorReply,
+    Heartbeat,
+    OkReply,
+    ResetEvent,
+    Usage,
+)
+from llm_pool.settings import Settings, load_settings
+from llm_pool.version import __version__
+
+__all__ = [
+    "ChunkEvent",
+    "CompletionRequest",
+    "DoneEvent",
+    "ErrorCode",
+    "ErrorEvent",
+    "ErrorReply",
+    "Heartbeat",
+    "InvalidRequestError",
+    "Keys",
+    "LLMPool",
+    "OkReply",
+    "ResetEvent",
+    "ReplyTimeout",
+    "Settings",
+    "Usage",
+    "__version__",
+    "load_settings",
+]

@@ -1,0 +1,41 @@
+"""Redis key and channel names of contract v1, all under the pool's prefix ``P``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names of the pool's keys for one prefix (``redis.key_prefix``)."""
+
+    prefix: str = "llm_pool"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    def reply(self, request_id: str) -> str:
+        return f"{self.prefix}:reply:{request_id}"
+
+    def stream(self, request_id: str) -> str:
+        return f"{self.prefix}:stream:{request_id}"
+
+    def heartbeat(self, worker_id: str) -> str:
+        return f"{self.prefix}:heartbeat:{worker_id}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.prefix}:heartbeat:*"
+
+    def cancel(self, request_id: str) -> str:
+        return f"{self.prefix}:cancel:{request_id}"
+
+    def usage(self, tenant_id: str, day: str | None = None) -> str:
+        return f"{self.prefix}:usage:{tenant_id}:{day or utc_day()}"
+
+
+def utc_day(now: datetime | None = None) -> str:
+    """The UTC calendar day, ``YYYY-MM-DD``, that names a ledger hash."""
+    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")

@@ -1,0 +1,22 @@
+"""The one place that imports LiteLLM, after pinning the settings it reads at import time.
+
+``LITELLM_LOCAL_MODEL_COST_MAP`` must be set before the import, or every start blocks for seconds
+trying to download a price map that this pool never needs (prices ship with the package).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_TELEMETRY", "False")
+
+import litellm  # noqa: E402
+
+litellm.suppress_debug_info = True
+litellm.set_verbose = False
+# A parameter one provider lacks (say ``seed`` on Anthropic) is dropped, not turned into a failure
+# that would send the request to a fallback group.
+litellm.drop_params = True
+
+__all__ = ["litellm"]

@@ -1,0 +1,295 @@
+"""The LiteLLM Router built from the settings, and the two calls the worker makes through it.
+
+``PoolRouter`` owns the ``litellm.Router``: it knows which deployment belongs to which group, so a
+response can say who served it and whether a fallback group answered, and it turns LiteLLM's
+responses and stream chunks into the pool's own plain types (``Completion``, ``StreamPiece``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_pool.litellm_setup import litellm
+from llm_pool.logging import get_logger
+from llm_pool.schemas import CompletionRequest, FunctionCall, ToolCall, Usage
+from llm_pool.settings import Deployment, Settings
+
+log = get_logger(__name__)
+
+
+class ProvidersUnavailable(Exception):
+    """Every deployment of the group and of its fallbacks failed (the reason is for logs only)."""
+
+    def __init__(self, reason: str, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+
+
+class ProviderRejected(Exception):
+    """A provider refused the request itself (HTTP 400/422): retrying elsewhere would not help."""
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    id: str
+    group: str
+    model: str
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if self.input_cost_per_token is None and self.output_cost_per_token is None:
+            return None
+        return prompt_tokens * (self.input_cost_per_token or 0.0) + completion_tokens * (
+            self.output_cost_per_token or 0.0
+        )
+
+
+@dataclass
+class Completion:
+    """A finished answer, whichever way it was obtained."""
+
+    content: str
+    tool_calls: list[ToolCall]
+    finish_reason: str | None
+    deployment: DeploymentInfo
+    usage: Usage
+
+
+@dataclass
+class StreamPiece:
+    """One provider chunk reduced to what the pool uses: a text delta, or nothing visible."""
+
+    text: str = ""
+
+
+@dataclass
+class _ToolCallBuilder:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+def _error_status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _classify(exc: Exception) -> Exception:
+    """Map an exception from the Router to the pool's two provider outcomes."""
+    status = _error_status(exc)
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return ProviderRejected("the messages do not fit the model's context window")
+    if status in (400, 422) and not isinstance(exc, litellm.exceptions.NotFoundError):
+        return ProviderRejected(f"the provider rejected the request (HTTP {status})")
+    return ProvidersUnavailable(type(exc).__name__, status)
+
+
+class PoolRouter:
+    """A ``litellm.Router`` over the configured groups, with fallbacks, retries and timeouts."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self._deployments: dict[str, DeploymentInfo] = {}
+        model_list: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+        for group, deployments in settings.groups.items():
+            for index, deployment in enumerate(deployments):
+                entry = self._model_entry(group, index, deployment, env)
+                if entry is not None:
+                    model_list.append(entry)
+        self.groups: list[str] = sorted({d.group for d in self._deployments.values()})
+        fallbacks = [
+            {group: [t for t in targets if t in self.groups]}
+            for group, targets in settings.router.fallbacks.items()
+            if group in self.groups and any(t in self.groups for t in targets)
+        ]
+        self._fallbacks = {k: v for entry in fallbacks for k, v in entry.items()}
+        self._router = litellm.Router(
+            model_list=model_list,
+            fallbacks=fallbacks,
+            num_retries=settings.router.num_retries,
+            timeout=settings.router.timeout_s,
+            stream_timeout=settings.router.stream_timeout_s,
+            allowed_fails=settings.router.allowed_fails,
+            cooldown_time=settings.router.cooldown_time_s,
+            disable_cooldowns=settings.router.cooldown_time_s == 0,
+            retry_after=int(settings.router.retry_after_s),
+        )
+
+    def _model_entry(
+        self, group: str, index: int, deployment: Deployment, env: Mapping[str, str]
+    ) -> dict[str, Any] | None:
+        params = deployment.litellm_params()
+        if deployment.api_key_env:
+            key = env.get(deployment.api_key_env)
+            if not key:
+                self.skipped.append(f"{group}[{index}] {deployment.model}")
+                log.warning(
+                    "deployment_skipped",
+                    group=group,
+                    deployment=deployment.model,
+                    reason=f"environment variable {deployment.api_key_env} is not set",
+                )
+                return None
+            params["api_key"] = key
+        deployment_id = f"{group}-{index}"
+        self._deployments[deployment_id] = DeploymentInfo(
+            id=deployment_id,
+            group=group,
+            model=deployment.model,
+            input_cost_per_token=deployment.input_cost_per_token,
+            output_cost_per_token=deployment.output_cost_per_token,
+        )
+        return {"model_name": group, "litellm_params": params, "model_info": {"id": deployment_id}}
+
+    def has_group(self, group: str) -> bool:
+        return group in self.groups
+
+    def deployment(self, hidden_params: Mapping[str, Any] | None) -> DeploymentInfo:
+        model_id = (hidden_params or {}).get("model_id")
+        info = self._deployments.get(str(model_id))
+        if info is None:
+            raise ProvidersUnavailable(f"response came from an unknown deployment {model_id!r}")
+        return info
+
+    def usage_of(self, deployment: DeploymentInfo, raw: Any, reported_cost: Any) -> Usage:
+        prompt = int(getattr(raw, "prompt_tokens", 0) or 0)
+        completion = int(getattr(raw, "completion_tokens", 0) or 0)
+        cost = deployment.cost(prompt, completion)
+        if cost is None:
+            cost = float(reported_cost) if isinstance(reported_cost, (int, float)) else 0.0
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=int(getattr(raw, "total_tokens", 0) or prompt + completion),
+            cost_usd=cost,
+        )
+
+    async def complete(self, group: str, request: CompletionRequest) -> Completion:
+        """One non-streamed completion; raises ``ProvidersUnavailable`` or ``ProviderRejected``."""
+        try:
+            response = await self._router.acompletion(model=group, **request.provider_kwargs())
+        except Exception as exc:  # LiteLLM raises many types; classify them all
+            raise _classify(exc) from exc
+        hidden = getattr(response, "_hidden_params", {}) or {}
+        deployment = self.deployment(hidden)
+        choice = response.choices[0]
+        message = choice.message
+        tool_calls = [
+            ToolCall(
+                id=str(tc.id or f"call_{i}"),
+                function=FunctionCall(name=str(tc.function.name), arguments=str(tc.function.arguments or "")),
+            )
+            for i, tc in enumerate(getattr(message, "tool_calls", None) or [])
+        ]
+        return Completion(
+            content=str(message.content or ""),
+            tool_calls=tool_calls,
+            finish_reason=choice.finish_reason,
+            deployment=deployment,
+            usage=self.usage_of(deployment, getattr(response, "usage", None), hidden.get("response_cost")),
+        )
+
+    def stream(self, group: str, request: CompletionRequest) -> StreamCall:
+        """A streamed completion: iterate it for text pieces, then read ``result``."""
+        return StreamCall(self, group, request)
+
+    async def open_stream(self, group: str, request: CompletionRequest) -> Any:
+        try:
+            return await self._router.acompletion(
+                model=group,
+                stream=True,
+                stream_options={"include_usage": True},
+                **request.provider_kwargs(),
+            )
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+
+class StreamCall:
+    """One streamed call through the Router: yields text deltas, assembles tool calls and usage.
+
+    The Router retries and falls back only until the stream is open; once it is, a failure is
+    raised from the iteration as ``ProvidersUnavailable`` and ``pieces_seen`` tells the caller
+    whether anything was already delivered.
+    """
+
+    def __init__(self, router: PoolRouter, group: str, request: CompletionRequest) -> None:
+        self._router = router
+        self._group = group
+        self._request = request
+        self._content: list[str] = []
+        self._tools: dict[int, _ToolCallBuilder] = {}
+        self._finish_reason: str | None = None
+        self._raw_usage: Any = None
+        self._reported_cost: Any = None
+        self._deployment: DeploymentInfo | None = None
+
+    async def __aiter__(self) -> AsyncIterator[StreamPiece]:
+        wrapper = await self._router.open_stream(self._group, self._request)
+        self._deployment = self._router.deployment(getattr(wrapper, "_hidden_params", None))
+        try:
+            async for chunk in wrapper:
+                piece = self._absorb(chunk)
+                if piece is not None:
+                    yield piece
+        except Exception as exc:
+            raise _classify(exc) from exc
+        finally:
+            close = getattr(wrapper, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:  # closing a broken stream may fail again; nothing to add
+                    pass
+
+    def _absorb(self, chunk: Any) -> StreamPiece | None:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self._raw_usage = usage
+            hidden = getattr(chunk, "_hidden_params", None) or {}
+            self._reported_cost = getattr(usage, "cost", None) or hidden.get("response_cost")
+        choices = getattr(chunk, "choices", None) or []
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.finish_reason:
+            self._finish_reason = choice.finish_reason
+        delta = choice.delta
+        for tc in getattr(delta, "tool_calls", None) or []:
+            index = int(getattr(tc, "index", 0) or 0)
+            builder = self._tools.setdefault(index, _ToolCallBuilder())
+            builder.id = builder.id or str(tc.id or "")
+            function = getattr(tc, "function", None)
+            if function is not None:
+                builder.name = builder.name or str(function.name or "")
+                if function.arguments:
+                    builder.arguments.append(str(function.arguments))
+        text = getattr(delta, "content", None)
+        if text:
+            self._content.append(text)
+            return StreamPiece(text=text)
+        return None
+
+    def result(self) -> Completion:
+        if self._deployment is None:
+            raise RuntimeError("the stream was never opened")
+        tool_calls = [
+            ToolCall(
+                id=b.id or f"call_{i}",
+                function=FunctionCall(name=b.name, arguments="".join(b.arguments)),
+            )
+            for i, b in sorted(self._tools.items())
+        ]
+        return Completion(
+            content="".join(self._content),
+            tool_calls=tool_calls,
+            finish_reason=self._finish_reason,
+            deployment=self._deployment,
+            usage=self._router.usage_of(self._deployment, self._raw_usage, self._reported_cost),
+        )

@@ -1,0 +1,69 @@
+"""JSON for arq's job envelopes and results (contract section 1): nothing is ever unpickled.
+
+Callers use ``json_dumps``/``json.loads``. Workers use ``decode_job``, which never raises: an
+envelope it cannot read becomes a call of ``complete`` with an ``UndecodableJob`` argument, so the
+job function can answer ``invalid_request`` under the job id instead of arq failing it silently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+JOB_FUNCTIONS = ("complete", "complete_stream")
+
+
+@dataclass(frozen=True)
+class UndecodableJob:
+    """Stands in for the arguments of a job whose envelope could not be decoded."""
+
+    reason: str
+
+
+def _default(obj: object) -> Any:
+    if isinstance(obj, UndecodableJob):
+        return {"undecodable_job": obj.reason}
+    if isinstance(obj, BaseException):
+        return {"exception": type(obj).__name__}
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def json_dumps(obj: Any) -> bytes:
+    """arq ``job_serializer``: UTF-8 JSON."""
+    return json.dumps(obj, separators=(",", ":"), default=_default).encode()
+
+
+def json_loads(data: bytes | str) -> Any:
+    """arq ``job_deserializer`` for callers reading results."""
+    return json.loads(data)
+
+
+def _invalid(reason: str) -> dict[str, Any]:
+    return {"f": "complete", "a": [UndecodableJob(reason)], "k": {}, "t": None, "et": int(time.time() * 1000)}
+
+
+def decode_job(data: bytes) -> dict[str, Any]:
+    """arq ``job_deserializer`` for workers: a well-formed envelope, or one that reports why not."""
+    try:
+        envelope = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return _invalid("the job envelope is not UTF-8 JSON (is the caller using arq's default pickle serializer?)")
+    if not isinstance(envelope, dict):
+        return _invalid("the job envelope is not a JSON object")
+    function = envelope.get("f")
+    if function not in JOB_FUNCTIONS:
+        return _invalid(f"unknown job function; expected one of {', '.join(JOB_FUNCTIONS)}")
+    args, kwargs = envelope.get("a"), envelope.get("k")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return _invalid("the job envelope's arguments are malformed")
+    enqueued = envelope.get("et")
+    return {
+        "f": function,
+        "a": args,
+        "k": kwargs,
+        # A caller-set try count could push arq past max_tries, failing the job with no reply.
+        "t": None,
+        "et": enqueued if isinstance(enqueued, int) and not isinstance(enqueued, bool) else int(time.time() * 1000),
+    }

@@ -1,0 +1,198 @@
+"""Settings: ``settings.toml`` (or the file named by ``LLM_POOL_SETTINGS``) plus environment overrides.
+
+Precedence, lowest first: the model defaults below, the TOML file, ``LLM_POOL__SECTION__KEY``
+variables, then the dedicated variables ``REDIS_URL`` and ``OLLAMA_BASE_URL``. Secrets never live in
+the file: a deployment names the variable that holds its key (``api_key_env``) and the key is read
+from the environment when the router is built.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_SETTINGS_FILE = "LLM_POOL_SETTINGS"
+ENV_PREFIX = "LLM_POOL__"
+DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent.parent / "settings.toml"
+DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
+
+
+class SettingsError(ValueError):
+    """The settings file or an override is invalid; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSection(_Section):
+    url: str = "redis://localhost:6379/0"
+    key_prefix: str = Field(default="llm_pool", pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class WorkerSection(_Section):
+    max_jobs: int = Field(default=200, ge=1)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    reply_ttl_s: int = Field(default=3600, ge=1)
+    default_timeout_s: float = Field(default=120.0, gt=0)
+    poll_delay_s: float = Field(default=0.5, gt=0)
+    ledger_ttl_days: int = Field(default=400, ge=1)
+    max_timeout_s: float = Field(default=600.0, gt=0)
+    resume_partial_streams: bool = True
+    max_stream_resumes: int = Field(default=1, ge=0)
+    worker_id: str = ""
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+
+class RouterSection(_Section):
+    num_retries: int = Field(default=2, ge=0)
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=lambda: {"quality": ["fast"], "fast": ["quality"]}
+    )
+    timeout_s: float = Field(default=60.0, gt=0)
+    stream_timeout_s: float = Field(default=30.0, gt=0)
+    allowed_fails: int = Field(default=3, ge=0)
+    cooldown_time_s: float = Field(default=30.0, ge=0)
+    retry_after_s: float = Field(default=0.0, ge=0)
+
+
+class Deployment(BaseModel):
+    """One ``[[groups.NAME]]`` table: LiteLLM ``litellm_params`` plus ``api_key_env``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    api_base: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    stream_timeout: float | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> Deployment:
+        extra = self.model_extra or {}
+        secret_like = sorted(k for k in extra if any(w in k.lower() for w in ("key", "secret", "password")))
+        if secret_like:
+            raise ValueError(
+                f"secrets never live in the settings file ({', '.join(secret_like)}); "
+                "name an environment variable with api_key_env instead"
+            )
+        return self
+
+    @property
+    def is_ollama(self) -> bool:
+        return self.model.startswith(("ollama/", "ollama_chat/"))
+
+    def litellm_params(self) -> dict[str, Any]:
+        """The keys LiteLLM receives, without ``api_key_env`` (the caller adds the key itself)."""
+        return self.model_dump(exclude_none=True, exclude={"api_key_env"})
+
+
+class Settings(_Section):
+    redis: RedisSection = RedisSection()
+    worker: WorkerSection = WorkerSection()
+    router: RouterSection = RouterSection()
+    groups: dict[str, list[Deployment]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fallbacks_name_groups(self) -> Settings:
+        for group, targets in self.router.fallbacks.items():
+            for name in (group, *targets):
+                if self.groups and name not in self.groups:
+                    raise ValueError(f"router.fallbacks names group {name!r}, which has no deployments")
+        return self
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.redis.key_prefix}:queue"
+
+
+def _parse_scalar(raw: str) -> Any:
+    """An environment value as TOML would read it (``300`` -> int, ``true`` -> bool), else the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any, var: str) -> None:
+    node: Any = tree
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SettingsError(f"{var}: {part!r} is not an index of that list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise SettingsError(f"{var}: cannot set a key inside a scalar")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Apply ``LLM_POOL__SECTION__KEY``, ``REDIS_URL`` and ``OLLAMA_BASE_URL`` to a raw settings tree."""
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__") if p]
+        if len(path) < 2:
+            raise SettingsError(f"{var}: expected LLM_POOL__SECTION__KEY")
+        _apply_override(tree, path, _parse_scalar(environ[var]), var)
+    if environ.get("REDIS_URL"):
+        tree.setdefault("redis", {})["url"] = environ["REDIS_URL"]
+    ollama = environ.get("OLLAMA_BASE_URL")
+    if ollama:
+        for deployments in tree.get("groups", {}).values():
+            for deployment in deployments if isinstance(deployments, list) else []:
+                if isinstance(deployment, dict) and str(deployment.get("model", "")).startswith("ollama"):
+                    deployment["api_base"] = ollama
+    return tree
+
+
+def settings_path(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env[ENV_SETTINGS_FILE]) if env.get(ENV_SETTINGS_FILE) else DEFAULT_SETTINGS_FILE
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings file, apply environment overrides and validate the result."""
+    env = os.environ if environ is None else environ
+    file = Path(path) if path is not None else settings_path(env)
+    tree: dict[str, Any] = {}
+    if file.exists():
+        try:
+            tree = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file}: not valid TOML: {exc}") from exc
+    elif path is not None or env.get(ENV_SETTINGS_FILE):
+        raise SettingsError(f"settings file {file} does not exist")
+    tree = apply_env_overrides(tree, env)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise SettingsError(f"{file}: {problems}") from None

@@ -1,0 +1,312 @@
+"""The fake provider, verified end to end through real LiteLLM calls (no mocks)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import litellm
+import pytest
+
+from llm_pool.testing.fake_provider import FakeProvider, FakeProviderThread, start_fake_provider
+
+litellm.suppress_debug_info = True
+
+PROVIDERS = ("openai", "anthropic", "ollama")
+# Unknown model names are fine; a known Anthropic name only avoids LiteLLM's "Provider List" print.
+MODELS = {
+    "openai": "openai/fake-gpt",
+    "anthropic": "anthropic/claude-haiku-4-5",
+    "ollama": "ollama_chat/fake-llama",
+}
+MESSAGES = [{"role": "user", "content": "hello there"}]
+TEXT = "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "n": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+TOOL_CALL_ID = {"openai": "call_fake_0", "anthropic": "toolu_fake_0", "ollama": "call_fake_0"}
+STREAM: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvider]:
+    # Own loop in a thread: LiteLLM makes a blocking call to Ollama's /api/show from
+    # its logging on the caller's loop, which would deadlock a same-loop server.
+    with FakeProviderThread() as provider:
+        yield provider
+
+
+@pytest.fixture(autouse=True)
+def _reset(fake: FakeProvider) -> None:
+    httpx.post(f"{fake.base_url}/_control/reset").raise_for_status()
+
+
+def configure(fake: FakeProvider, name: str, **config: Any) -> None:
+    httpx.post(f"{fake.base_url}/_control/deployments/{name}", json=config).raise_for_status()
+
+
+def stats(fake: FakeProvider, name: str) -> dict[str, int]:
+    body: dict[str, Any] = httpx.get(f"{fake.base_url}/_control/stats").json()
+    result: dict[str, int] = body["deployments"][name]
+    return result
+
+
+async def wait_for_stats(fake: FakeProvider, name: str, key: str, value: int) -> dict[str, int]:
+    deadline = time.monotonic() + 5
+    while True:
+        current = stats(fake, name)
+        if current[key] == value or time.monotonic() > deadline:
+            return current
+        await asyncio.sleep(0.02)
+
+
+async def complete(fake: FakeProvider, provider: str, name: str, **kwargs: Any) -> Any:
+    return await litellm.acompletion(
+        model=MODELS[provider],
+        messages=MESSAGES,
+        api_base=fake.api_base(name, provider),
+        api_key="sk-fake",
+        max_retries=0,  # the OpenAI SDK would otherwise retry 500/429/timeouts twice
+        **kwargs,
+    )
+
+
+async def collect(stream: AsyncIterator[Any]) -> tuple[str, list[Any], Any]:
+    """Text, chunks and the last usage seen in a LiteLLM stream."""
+    text, chunks, usage = "", [], None
+    async for chunk in stream:
+        chunks.append(chunk)
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if getattr(chunk, "usage", None) is not None:
+            usage = chunk.usage
+    return text, chunks, usage
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_text_non_stream(fake: FakeProvider, provider: str) -> None:
+    response = await complete(fake, provider, f"{provider}-text")
+    assert response.choices[0].message.content == TEXT
+    assert response.choices[0].finish_reason == "stop"
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (2, 8)
+    assert stats(fake, f"{provider}-text")["completed"] == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_text_stream_with_usage(fake: FakeProvider, provider: str) -> None:
+    text, chunks, usage = await collect(await complete(fake, provider, f"{provider}-stream", **STREAM))
+    assert text == TEXT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (2, 8)
+    # Usage arrives in a final chunk without choices, after the finish_reason chunk.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (await wait_for_stats(fake, f"{provider}-stream", "completed", 1))["streams"] == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_token_count_and_limit(fake: FakeProvider, provider: str, stream: bool) -> None:
+    configure(fake, f"{provider}-long", tokens=20)
+    kwargs: dict[str, Any] = {"max_tokens": 5, **(STREAM if stream else {})}
+    response = await complete(fake, provider, f"{provider}-long", **kwargs)
+    if stream:
+        text, chunks, usage = await collect(response)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    else:
+        text, usage = response.choices[0].message.content, response.usage
+        finish = [response.choices[0].finish_reason]
+    assert text == "tok0 tok1 tok2 tok3 tok4 "
+    assert finish == ["length"]
+    assert usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_tool_call_non_stream(fake: FakeProvider, provider: str) -> None:
+    response = await complete(fake, provider, f"{provider}-tool", tools=TOOLS)
+    calls = response.choices[0].message.tool_calls
+    assert len(calls) == 1
+    assert calls[0].id == TOOL_CALL_ID[provider]
+    assert calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris", "n": 1}
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert response.usage.prompt_tokens == 2
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_tool_call_stream(fake: FakeProvider, provider: str) -> None:
+    _, chunks, usage = await collect(await complete(fake, provider, f"{provider}-tool", tools=TOOLS, **STREAM))
+    ids, names, arguments, fragments = set(), set(), "", 0
+    for chunk in chunks:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            ids.add(call.id) if call.id else None
+            names.add(call.function.name) if call.function.name else None
+            if call.function.arguments:
+                arguments += call.function.arguments
+                fragments += 1
+    # LiteLLM keeps Ollama's tool call id only for non-stream answers (streams get a uuid4).
+    assert len(ids) == 1 and (provider == "ollama" or ids == {TOOL_CALL_ID[provider]})
+    assert names == {"get_weather"}
+    assert json.loads(arguments) == {"city": "Paris", "n": 1}
+    if provider != "ollama":  # Ollama sends the whole call in one message
+        assert fragments >= 2
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["tool_calls"]
+    assert usage is not None and usage.prompt_tokens == 2
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fault_500(fake: FakeProvider, provider: str, stream: bool) -> None:
+    configure(fake, f"{provider}-500", fault="500")
+    with pytest.raises(litellm.InternalServerError):
+        response = await complete(fake, provider, f"{provider}-500", **(STREAM if stream else {}))
+        await collect(response)
+    assert stats(fake, f"{provider}-500") == {
+        "requests": 1, "streams": int(stream), "completed": 0, "disconnects": 0, "faults": 1,
+    }
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fault_429(fake: FakeProvider, provider: str, stream: bool) -> None:
+    configure(fake, f"{provider}-429", fault="429", retry_after_s=7)
+    with pytest.raises(litellm.RateLimitError):
+        response = await complete(fake, provider, f"{provider}-429", **(STREAM if stream else {}))
+        await collect(response)
+    assert stats(fake, f"{provider}-429")["faults"] == 1
+
+
+async def test_429_wire_format(fake: FakeProvider) -> None:
+    configure(fake, "raw", fault="429", retry_after_s=2.5)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{fake.api_base('raw', 'openai')}/chat/completions", json={})
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "2.5"
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_fault_drop_mid_stream(fake: FakeProvider, provider: str) -> None:
+    configure(fake, f"{provider}-drop", fault="drop", drop_after=3)
+    text = ""
+    with pytest.raises(litellm.APIError):  # LiteLLM raises MidStreamFallbackError here
+        async for chunk in await complete(fake, provider, f"{provider}-drop", **STREAM):
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+    assert text == "tok0 tok1 tok2 "
+    assert stats(fake, f"{provider}-drop")["completed"] == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_fault_drop_non_stream(fake: FakeProvider, provider: str) -> None:
+    configure(fake, f"{provider}-drop", fault="drop")
+    with pytest.raises(litellm.APIError):
+        await complete(fake, provider, f"{provider}-drop")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fault_hang_times_out(fake: FakeProvider, provider: str, stream: bool) -> None:
+    name = f"{provider}-hang"
+    configure(fake, name, fault="hang")
+    started = time.monotonic()
+    with pytest.raises(litellm.Timeout):
+        await collect(await complete(fake, provider, name, timeout=1, **(STREAM if stream else {})))
+    assert 0.9 < time.monotonic() - started < 3
+    assert (await wait_for_stats(fake, name, "disconnects", 1))["disconnects"] == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_client_disconnect_counted(fake: FakeProvider, provider: str) -> None:
+    name = f"{provider}-slow"
+    configure(fake, name, tokens=200, token_delay_ms=10)
+    stream = await complete(fake, provider, name, **STREAM)
+    seen = 0
+    async for chunk in stream:
+        seen += bool(chunk.choices and chunk.choices[0].delta.content)
+        if seen == 3:
+            break
+    await stream.aclose()
+    final = await wait_for_stats(fake, name, "disconnects", 1)
+    assert final == {"requests": 1, "streams": 1, "completed": 0, "disconnects": 1, "faults": 0}
+
+
+async def test_delays(fake: FakeProvider) -> None:
+    configure(fake, "paced", tokens=4, first_token_delay_ms=300, token_delay_ms=50)
+    started = time.monotonic()
+    text, _, _ = await collect(await complete(fake, "openai", "paced", **STREAM))
+    assert text == "tok0 tok1 tok2 tok3 "
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_control_api(fake: FakeProvider) -> None:
+    async with httpx.AsyncClient(base_url=fake.base_url) as client:
+        assert (await client.get("/_control/health")).json() == {"ok": True}
+        bad = await client.post("/_control/deployments/x", json={"fault": "boom"})
+        assert bad.status_code == 400
+        ok = await client.post("/_control/deployments/x", json={"tokens": 3})
+        assert ok.json()["tokens"] == 3 and ok.json()["fault"] is None
+        await complete(fake, "openai", "x")
+        assert (await client.get("/_control/stats")).json()["deployments"]["x"]["requests"] == 1
+        await client.post("/_control/reset")
+        assert (await client.get("/_control/stats")).json()["deployments"] == {}
+        assert (await client.get("/_control/deployments/x")).json()["tokens"] == 8
+
+
+def test_api_bases(fake: FakeProvider) -> None:
+    assert fake.api_base("q", "openai") == f"http://127.0.0.1:{fake.port}/d/q/v1"
+    assert fake.api_base("q", "anthropic") == f"http://127.0.0.1:{fake.port}/d/q"
+    assert fake.api_base("q", "ollama") == f"http://127.0.0.1:{fake.port}/d/q"
+
+
+async def test_same_loop_server() -> None:
+    provider = await start_fake_provider()
+    try:
+        text, _, usage = await collect(await complete(provider, "openai", "local", **STREAM))
+        assert text == TEXT and usage.completion_tokens == 8
+    finally:
+        await provider.close()
+
+
+def test_cli_entry_point() -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llm_pool.testing.fake_provider", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=root,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("FAKE_PROVIDER_PORT=")
+        port = int(line.split("=", 1)[1])
+        assert httpx.get(f"http://127.0.0.1:{port}/_control/health").json() == {"ok": True}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0

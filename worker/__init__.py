@@ -1,0 +1,1 @@
+"""The arq worker process of llm-pool: ``python -m worker``."""

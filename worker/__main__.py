@@ -1,0 +1,28 @@
+"""``python -m worker``: one worker process (the Procfile's ``worker:`` line)."""
+
+from __future__ import annotations
+
+import sys
+
+from arq.worker import run_worker
+
+from llm_pool.logging import configure_logging, get_logger
+from llm_pool.settings import SettingsError, load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"llm-pool worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.worker.log_format, settings.worker.log_level)
+    from worker.settings import worker_settings  # imports LiteLLM (seconds); after logging is set up
+
+    get_logger("worker").info("worker_starting", queue=settings.queue_name)
+    run_worker(worker_settings(settings))  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""One request, from the job's raw arguments to its reply key and final event.
+
+Read top to bottom: ``execute`` validates the untrusted arguments into a ``CompletionRequest``,
+checks the group, deadline and cancellation, calls the router (streaming chunks to the channel
+through the outbox when asked to), and always ends in ``_finish``, which writes the reply key, adds
+to the tenant's ledger and publishes the final event. It never raises for a request's own failure:
+every outcome is a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from llm_pool.logging import get_logger
+from llm_pool.router import Completion, ProviderRejected, ProvidersUnavailable
+from llm_pool.schemas import (
+    PROVIDERS_UNAVAILABLE_MESSAGE,
+    ChunkEvent,
+    CompletionRequest,
+    ErrorCode,
+    ErrorInfo,
+    ErrorReply,
+    OkReply,
+    ResetEvent,
+    describe_validation_error,
+    final_event,
+)
+from llm_pool.serialization import UndecodableJob
+from worker.outbox import Final, LedgerEntry
+from worker.state import WorkerState
+
+log = get_logger("worker.execution")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What arq tells us about the job: its id (the request id), try number and enqueue time."""
+
+    request_id: str
+    attempt: int
+    enqueued_ms: int
+
+
+class RequestFailed(Exception):
+    """Ends a request with an error reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Hints:
+    """What can still be read from an invalid request: where to answer and what to echo."""
+
+    channel: str | None = None
+    model: str | None = None
+    tenant_id: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, args: tuple[Any, ...]) -> _Hints:
+        raw = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
+        channel = raw.get("channel")
+        model = raw.get("model")
+        tenant = raw.get("tenant_id")
+        metadata = raw.get("metadata")
+        try:
+            tenant = str(uuid.UUID(tenant)) if isinstance(tenant, str) else None
+        except ValueError:
+            tenant = None
+        valid_metadata = isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        )
+        return cls(
+            channel=channel if isinstance(channel, str) and 0 < len(channel) <= 512 else None,
+            model=model if isinstance(model, str) and len(model) <= 128 else None,
+            tenant_id=tenant,
+            metadata=metadata if valid_metadata else None,
+        )
+
+
+def parse_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CompletionRequest:
+    """The job's single positional argument as a request, or ``RequestFailed(invalid_request)``."""
+    if len(args) == 1 and isinstance(args[0], UndecodableJob):
+        raise RequestFailed(ErrorCode.INVALID_REQUEST, args[0].reason)
+    if kwargs or len(args) != 1:
+        raise RequestFailed(
+            ErrorCode.INVALID_REQUEST,
+            f"expected exactly one positional argument (the request object), got {len(args)} "
+            f"positional and {len(kwargs)} keyword arguments",
+        )
+    if not isinstance(args[0], dict):
+        raise RequestFailed(ErrorCode.INVALID_REQUEST, "the request must be a JSON object")
+    try:
+        return CompletionRequest.model_validate(args[0])
+    except ValidationError as exc:
+        raise RequestFailed(ErrorCode.INVALID_REQUEST, describe_validation_error(exc)) from None
+
+
+class Execution:
+    """Runs one job to its final state."""
+
+    def __init__(self, state: WorkerState, job: JobInfo, stream: bool) -> None:
+        self._state = state
+        self._job = job
+        self._stream = stream
+        self._started = time.monotonic()
+        self._attempt = job.attempt
+        self._log = log.bind(request_id=job.request_id, worker_id=state.worker_id, attempt=job.attempt)
+
+    async def execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        hints = _Hints.of(args)
+        request: CompletionRequest | None = None
+        try:
+            request = parse_request(args, kwargs)
+            self._log = self._log.bind(tenant_id=request.tenant_id, group=request.model)
+            reply: OkReply | ErrorReply = await self._run(request)
+        except RequestFailed as failure:
+            reply = self._error_reply(failure.code, failure.message, request, hints)
+        channel = (request.channel if request else hints.channel) or self._state.keys.stream(
+            self._job.request_id
+        )
+        tenant = request.tenant_id if request else hints.tenant_id
+        await self._finish(reply, channel, tenant)
+        return reply.model_dump(mode="json")
+
+    # --- the request's path -------------------------------------------------------------------
+
+    async def _run(self, request: CompletionRequest) -> OkReply:
+        group = self._check_group(request.model)
+        deadline_s = self._deadline_s(request)
+        remaining = deadline_s - time.time()
+        if remaining <= 0:
+            raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed while it was queued")
+        if await self._state.cancels.is_requested(self._job.request_id):
+            raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller before it started")
+        self._log.info("request_started", stream=self._stream, queued_ms=self._queued_ms())
+        work: asyncio.Task[Completion] = asyncio.get_running_loop().create_task(self._call(group, request))
+        self._state.cancels.watch(self._job.request_id, work)  # type: ignore[arg-type]
+        try:
+            completion = await asyncio.wait_for(work, remaining)
+        except TimeoutError:
+            raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed while it ran") from None
+        except asyncio.CancelledError:
+            if self._state.cancels.unwatch(self._job.request_id):
+                raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller") from None
+            raise
+        except ProvidersUnavailable as exc:
+            self._log.warning("providers_unavailable", error=exc.reason, status_code=exc.status_code)
+            raise RequestFailed(ErrorCode.PROVIDERS_UNAVAILABLE, PROVIDERS_UNAVAILABLE_MESSAGE) from None
+        except ProviderRejected as exc:
+            raise RequestFailed(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        finally:
+            self._state.cancels.unwatch(self._job.request_id)
+        deployment = completion.deployment
+        return OkReply(
+            request_id=self._job.request_id,
+            content=completion.content,
+            tool_calls=completion.tool_calls,
+            finish_reason=completion.finish_reason,
+            model=request.model,
+            served_by=deployment.model,
+            fallback=deployment.group != request.model,
+            usage=completion.usage,
+            attempt=self._attempt,
+            latency_ms=self._latency_ms(),
+            metadata=request.metadata or {},
+        )
+
+    def _check_group(self, group: str) -> str:
+        router = self._state.router
+        if router.has_group(group):
+            return group
+        configured = self._state.settings.groups
+        if group in configured:
+            # Configured, but every deployment lacked its key: its fallbacks may still answer.
+            for target in self._state.settings.router.fallbacks.get(group, []):
+                if router.has_group(target):
+                    return target
+            raise RequestFailed(ErrorCode.PROVIDERS_UNAVAILABLE, PROVIDERS_UNAVAILABLE_MESSAGE)
+        known = ", ".join(sorted(configured)) or "none"
+        raise RequestFailed(ErrorCode.INVALID_REQUEST, f"model: unknown model group (known groups: {known})")
+
+    def _deadline_s(self, request: CompletionRequest) -> float:
+        limits = self._state.settings.worker
+        timeout_s = request.timeout_s if request.timeout_s is not None else limits.default_timeout_s
+        if timeout_s > limits.max_timeout_s:
+            raise RequestFailed(
+                ErrorCode.INVALID_REQUEST, f"timeout_s: must be at most {limits.max_timeout_s:g} seconds"
+            )
+        return self._job.enqueued_ms / 1000 + timeout_s
+
+    async def _call(self, group: str, request: CompletionRequest) -> Completion:
+        if not self._stream:
+            return await self._state.router.complete(group, request)
+        return await self._stream_to_channel(group, request)
+
+    async def _stream_to_channel(self, group: str, request: CompletionRequest) -> Completion:
+        state = self._state
+        channel = request.channel or state.keys.stream(self._job.request_id)
+        if self._job.attempt > 1:
+            # An earlier attempt may have published chunks before its worker died.
+            self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
+        groups = [group, *state.settings.router.fallbacks.get(group, [])]
+        resumes = 0
+        while True:
+            target = groups[min(resumes, len(groups) - 1)]
+            call = state.router.stream(target, request)
+            seq = 0
+            try:
+                async for piece in call:
+                    self._publish(
+                        channel, ChunkEvent(text=piece.text, request_id=self._job.request_id, seq=seq)
+                    )
+                    seq += 1
+                return call.result()
+            except ProvidersUnavailable as exc:
+                settings = state.settings.worker
+                if seq == 0 and resumes < settings.max_stream_resumes:
+                    resumes += 1  # nothing was shown yet: try again invisibly
+                    continue
+                if not settings.resume_partial_streams or resumes >= settings.max_stream_resumes:
+                    raise
+                resumes += 1
+                self._attempt += 1
+                self._log.warning("stream_resumed", error=exc.reason, chunks_lost=seq)
+                self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
+
+    def _publish(self, channel: str, event: ChunkEvent | ResetEvent) -> None:
+        self._state.outbox.publish(channel, event.model_dump_json().encode())
+
+    # --- the end of every request ---------------------------------------------------------------
+
+    def _error_reply(
+        self, code: ErrorCode, message: str, request: CompletionRequest | None, hints: _Hints
+    ) -> ErrorReply:
+        return ErrorReply(
+            request_id=self._job.request_id,
+            error=ErrorInfo(code=code, message=message),
+            model=request.model if request else hints.model,
+            attempt=self._attempt,
+            latency_ms=self._latency_ms(),
+            metadata=(request.metadata if request else hints.metadata) or {},
+        )
+
+    async def _finish(self, reply: OkReply | ErrorReply, channel: str, tenant_id: str | None) -> None:
+        state = self._state
+        ledger = None
+        if tenant_id is not None:
+            usage = reply.usage if isinstance(reply, OkReply) else None
+            ledger = LedgerEntry(
+                key=state.keys.usage(tenant_id),
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cost_usd=usage.cost_usd if usage else 0.0,
+                ttl_s=state.settings.worker.ledger_ttl_days * 86400,
+            )
+        written = await state.outbox.finish(
+            Final(
+                reply_key=state.keys.reply(self._job.request_id),
+                reply_json=reply.model_dump_json().encode(),
+                reply_ttl_s=state.settings.worker.reply_ttl_s,
+                channel=channel,
+                event_json=final_event(reply).model_dump_json().encode(),
+                ledger=ledger,
+            )
+        )
+        if isinstance(reply, OkReply):
+            state.counters.done += 1
+            self._log.info(
+                "request_finished",
+                status="ok",
+                served_by=reply.served_by,
+                fallback=reply.fallback,
+                prompt_tokens=reply.usage.prompt_tokens,
+                completion_tokens=reply.usage.completion_tokens,
+                cost_usd=reply.usage.cost_usd,
+                latency_ms=reply.latency_ms,
+                duplicate=not written,
+            )
+        else:
+            state.counters.failed += 1
+            self._log.info(
+                "request_finished",
+                status="error",
+                code=reply.error.code.value,
+                latency_ms=reply.latency_ms,
+                duplicate=not written,
+            )
+
+    def _latency_ms(self) -> int:
+        return int((time.monotonic() - self._started) * 1000)
+
+    def _queued_ms(self) -> int:
+        return max(0, int(time.time() * 1000) - self._job.enqueued_ms)

@@ -1,0 +1,63 @@
+"""The worker's heartbeat key (contract section 4): liveness and numbers for operators."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from llm_pool.logging import get_logger
+from llm_pool.schemas import Heartbeat
+
+log = get_logger(__name__)
+
+
+class HeartbeatTask:
+    """Sets ``P:heartbeat:{worker_id}`` every interval with a TTL of three intervals."""
+
+    def __init__(
+        self, redis: Redis, key: str, interval_s: float, snapshot: Callable[[], Heartbeat]
+    ) -> None:
+        self._redis = redis
+        self._key = key
+        self._interval_s = interval_s
+        self._snapshot = snapshot
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    async def beat(self) -> None:
+        """Write the key once; raises if Redis cannot take it."""
+        ttl_ms = int(self._interval_s * 3 * 1000)
+        await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+                if self._failing:
+                    log.info("heartbeat_recovered")
+                    self._failing = False
+            except (RedisError, OSError) as exc:
+                if not self._failing:
+                    log.error("heartbeat_failed", error=type(exc).__name__)
+                    self._failing = True
+            await asyncio.sleep(self._interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
+
+    async def stop(self) -> None:
+        """Stop beating and remove the key, so the worker leaves the pool at once."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            await self._redis.delete(self._key)
+        except (RedisError, OSError):
+            pass  # the key expires by itself

@@ -1,0 +1,71 @@
+"""Start-up and shutdown of a worker process: router once, outbox, heartbeat, cancel watcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_pool.keys import Keys
+from llm_pool.logging import get_logger
+from llm_pool.router import PoolRouter
+from llm_pool.settings import Settings
+from worker.cancellation import CancelWatcher
+from worker.heartbeat import HeartbeatTask
+from worker.outbox import Outbox
+from worker.state import WorkerState, default_worker_id
+
+log = get_logger("worker")
+
+
+def make_hooks(settings: Settings) -> tuple[Any, Any]:
+    """arq ``on_startup`` and ``on_shutdown`` for these settings."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        redis = ctx["redis"]
+        keys = Keys(settings.redis.key_prefix)
+        worker_id = settings.worker.worker_id or default_worker_id()
+        router = PoolRouter(settings)
+        outbox = Outbox(redis)
+        cancels = CancelWatcher(redis, keys.cancel)
+        state = WorkerState(
+            settings=settings,
+            keys=keys,
+            redis=redis,
+            router=router,
+            outbox=outbox,
+            cancels=cancels,
+            worker_id=worker_id,
+        )
+        heartbeat = HeartbeatTask(
+            redis, keys.heartbeat(worker_id), settings.worker.heartbeat_interval_s, state.heartbeat
+        )
+        outbox.start()
+        cancels.start()
+        await heartbeat.beat()
+        heartbeat.start()
+        ctx["state"] = state
+        ctx["heartbeat"] = heartbeat
+        log.info(
+            "worker_started",
+            worker_id=worker_id,
+            queue=keys.queue,
+            groups=router.groups,
+            skipped_deployments=len(router.skipped),
+            max_jobs=settings.worker.max_jobs,
+        )
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        state: WorkerState | None = ctx.get("state")
+        heartbeat: HeartbeatTask | None = ctx.get("heartbeat")
+        if heartbeat is not None:
+            await heartbeat.stop()
+        if state is not None:
+            await state.cancels.stop()
+            await state.outbox.close()
+            log.info(
+                "worker_stopped",
+                worker_id=state.worker_id,
+                jobs_done=state.counters.done,
+                jobs_failed=state.counters.failed,
+            )
+
+    return on_startup, on_shutdown

@@ -1,0 +1,170 @@
+"""Everything a worker writes about a request, in order, pipelined over one Redis connection.
+
+Chunks are queued without waiting, and one flusher task sends whatever has accumulated as a single
+pipeline, so a worker publishing for many streams pays one round trip per batch instead of one per
+token, and no chunk can overtake another: they leave in the order they were queued. The final step
+of a request (reply key, ledger, final event) is queued behind that request's chunks and awaited,
+and runs as one Lua script so that the reply is written once and the ledger counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from llm_pool.logging import get_logger
+
+log = get_logger(__name__)
+
+# KEYS: reply key, ledger hash. ARGV: reply JSON, reply TTL, channel, final event JSON,
+# ledger TTL, prompt tokens, completion tokens, cost, whether to count in the ledger.
+FINALIZE_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
+  return 0
+end
+if ARGV[9] == '1' then
+  redis.call('HINCRBY', KEYS[2], 'requests', 1)
+  redis.call('HINCRBY', KEYS[2], 'prompt_tokens', tonumber(ARGV[6]))
+  redis.call('HINCRBY', KEYS[2], 'completion_tokens', tonumber(ARGV[7]))
+  redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[8])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    key: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    ttl_s: int
+
+
+@dataclass
+class Final:
+    """The last write of a request: reply key, then ledger, then the final event."""
+
+    reply_key: str
+    reply_json: bytes
+    reply_ttl_s: int
+    channel: str
+    event_json: bytes
+    ledger: LedgerEntry | None
+    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class Publish:
+    channel: str
+    data: bytes
+
+
+class Outbox:
+    """Ordered, batched writer; one per worker process."""
+
+    def __init__(self, redis: Redis, max_batch: int = 1000, retry_delay_s: float = 0.2) -> None:
+        self._redis = redis
+        self._max_batch = max_batch
+        self._retry_delay_s = retry_delay_s
+        self._items: deque[Publish | Final] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._finalize = redis.register_script(FINALIZE_LUA)
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop."""
+        if self._task is None:
+            return
+        while self._items:
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    def publish(self, channel: str, data: bytes) -> None:
+        """Queue one pub-sub message; it leaves with the next batch."""
+        self._items.append(Publish(channel, data))
+        self._wakeup.set()
+
+    async def finish(self, final: Final) -> bool:
+        """Queue the final write and wait until Redis has it; False if the reply already existed."""
+        self._items.append(final)
+        self._wakeup.set()
+        return await asyncio.shield(final.done)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._items:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = [self._items.popleft() for _ in range(min(len(self._items), self._max_batch))]
+            try:
+                await self._send(batch)
+            except Exception as exc:  # a bug must fail the waiters, not silently stop all writes
+                log.exception("outbox_batch_failed")
+                for item in batch:
+                    if isinstance(item, Final) and not item.done.done():
+                        item.done.set_exception(exc)
+
+    async def _send(self, batch: list[Publish | Final]) -> None:
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for item in batch:
+                        if isinstance(item, Publish):
+                            pipe.publish(item.channel, item.data)
+                        else:
+                            await self._queue_final(pipe, item)
+                    results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                if not self._failing:
+                    log.error("outbox_redis_unavailable", error=type(exc).__name__)
+                    self._failing = True
+                # Chunks are best effort (a reconnecting listener reads the reply key); the final
+                # writes are what callers wait for, so those are kept and retried.
+                batch = [item for item in batch if isinstance(item, Final)]
+                if not batch:
+                    return
+                await asyncio.sleep(self._retry_delay_s)
+                continue
+            if self._failing:
+                log.info("outbox_redis_recovered")
+                self._failing = False
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(item, Final) and not item.done.done():
+                    if isinstance(result, Exception):
+                        item.done.set_exception(result)
+                    else:
+                        item.done.set_result(bool(result))
+            return
+
+    async def _queue_final(self, pipe: Pipeline, final: Final) -> None:
+        ledger = final.ledger
+        keys = [final.reply_key, ledger.key if ledger else final.reply_key]
+        args: list[str | bytes | int | float] = [
+            final.reply_json,
+            final.reply_ttl_s,
+            final.channel,
+            final.event_json,
+            ledger.ttl_s if ledger else 0,
+            ledger.prompt_tokens if ledger else 0,
+            ledger.completion_tokens if ledger else 0,
+            f"{ledger.cost_usd:.12f}" if ledger else "0",
+            "1" if ledger else "0",
+        ]
+        await self._finalize(keys=keys, args=args, client=pipe)

@@ -1,0 +1,43 @@
+"""arq ``WorkerSettings`` for the pool, built from ``settings.toml`` and the environment.
+
+arq reads the attributes from the class's own ``__dict__``, so ``worker_settings`` builds a fresh
+class with every attribute set on it; ``WorkerSettings`` is that class for the current settings,
+which is what ``arq worker.settings.WorkerSettings`` would load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from llm_pool.serialization import decode_job, json_dumps
+from llm_pool.settings import Settings, load_settings
+from worker.jobs import complete, complete_stream
+from worker.lifecycle import make_hooks
+
+
+def worker_settings(settings: Settings) -> type:
+    on_startup, on_shutdown = make_hooks(settings)
+    attributes: dict[str, Any] = {
+        "functions": [complete, complete_stream],
+        "queue_name": settings.queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis.url),
+        # Workers never unpickle: the envelope is JSON, and an undecodable one becomes a reply.
+        "job_serializer": json_dumps,
+        "job_deserializer": decode_job,
+        "max_jobs": settings.worker.max_jobs,
+        "poll_delay": settings.worker.poll_delay_s,
+        # Deadlines are enforced per request; arq's own timeout is only the outer bound.
+        "job_timeout": settings.worker.max_timeout_s + 30,
+        "keep_result": settings.worker.reply_ttl_s,
+        "max_tries": 3,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "log_results": False,
+        "health_check_key": f"{settings.redis.key_prefix}:arq-health-check",
+    }
+    return type("WorkerSettings", (), attributes)
+
+
+WorkerSettings = worker_settings(load_settings())
