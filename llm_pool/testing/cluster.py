@@ -1,0 +1,189 @@
+"""A pool on this machine for tests, benchmarks and demos: fake provider, settings, worker processes.
+
+Everything here runs the real thing: the fake provider is an HTTP server in its own process, and
+workers are started with the Procfile's ``worker:`` command, exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, TextIO
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+PROVIDERS = ("anthropic", "openai", "ollama")
+
+# The deployments of the test pool: (group, provider, LiteLLM model).
+DEPLOYMENTS: tuple[tuple[str, str, str], ...] = (
+    ("quality", "anthropic", "anthropic/claude-sonnet-4-5"),
+    ("quality", "openai", "openai/gpt-4.1"),
+    ("quality", "ollama", "ollama_chat/llama3.1:70b"),
+    ("fast", "ollama", "ollama_chat/llama3.2"),
+    ("fast", "openai", "openai/gpt-4.1-mini"),
+    ("fast", "anthropic", "anthropic/claude-haiku-4-5"),
+)
+API_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+def procfile_command(process: str = "worker", procfile: Path = ROOT / "Procfile") -> list[str]:
+    """The command of one Procfile line, with ``python`` meaning this interpreter."""
+    for line in procfile.read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            argv = shlex.split(command)
+            return [sys.executable if argv[0] in ("python", "python3") else argv[0], *argv[1:]]
+    raise LookupError(f"no {process!r} line in {procfile}")
+
+
+class FakeProviderProcess:
+    """``python -m llm_pool.testing.fake_provider`` in a child process, with its control API."""
+
+    def __init__(self, log: TextIO | None = None) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "llm_pool.testing.fake_provider", "--host", "127.0.0.1", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=log or subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline().strip()
+        if not line.startswith("FAKE_PROVIDER_PORT="):
+            self._process.kill()
+            raise RuntimeError(f"fake provider did not start (said {line!r})")
+        self.port = int(line.split("=", 1)[1])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def api_base(self, name: str, provider: str) -> str:
+        prefix = f"{self.base_url}/d/{name}"
+        return f"{prefix}/v1" if provider == "openai" else prefix
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback server)
+            return json.loads(response.read() or b"null")
+
+    def configure(self, name: str, **config: Any) -> None:
+        """Set one deployment's behaviour: fault, tokens, token_delay_ms, drop_after, ..."""
+        self._call("POST", f"/_control/deployments/{name}", config)
+
+    def reset(self) -> None:
+        self._call("POST", "/_control/reset", {})
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        stats: dict[str, dict[str, int]] = self._call("GET", "/_control/stats")["deployments"]
+        return stats
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+
+def settings_toml(
+    provider: FakeProviderProcess,
+    key_prefix: str,
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    worker: dict[str, Any] | None = None,
+    router: dict[str, Any] | None = None,
+) -> str:
+    """A settings file for a pool whose every deployment is the fake provider."""
+    worker_section = {
+        "poll_delay_s": 0.05,
+        "heartbeat_interval_s": 1,
+        "default_timeout_s": 30,
+        "log_format": "json",
+        **(worker or {}),
+    }
+    router_section = {"num_retries": 0, "cooldown_time_s": 0, "timeout_s": 10, "stream_timeout_s": 10}
+    router_section.update(router or {})
+
+    def table(values: dict[str, Any]) -> str:
+        return "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+
+    lines = [
+        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{key_prefix}"',
+        f"[worker]\n{table(worker_section)}",
+        f'[router]\n{table(router_section)}\nfallbacks = {{ quality = ["fast"], fast = ["quality"] }}',
+    ]
+    for group, kind, model in DEPLOYMENTS:
+        entry = {"model": model, "api_base": provider.api_base(f"{group}-{kind}", kind)}
+        if kind in API_KEY_ENV:
+            entry["api_key_env"] = API_KEY_ENV[kind]
+        lines.append(f"[[groups.{group}]]\n{table(entry)}")
+    return "\n\n".join(lines) + "\n"
+
+
+class WorkerProcess:
+    """One worker started with the Procfile's command; its log goes to a file."""
+
+    def __init__(self, worker_id: str, env: dict[str, str], log_dir: Path) -> None:
+        self.worker_id = worker_id
+        self.log_path = log_dir / f"worker-{worker_id}.log"
+        self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            procfile_command(),
+            env={**env, "LLM_POOL__WORKER__WORKER_ID": worker_id},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.pid = self._process.pid
+
+    def wait_ready(self, redis_url: str, heartbeat_key: str, timeout_s: float = 60.0) -> None:
+        """Block until the worker's first heartbeat (LiteLLM's import takes seconds)."""
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if client.exists(heartbeat_key):
+                    return
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"worker {self.worker_id} exited; see {self.log_path}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise TimeoutError(f"worker {self.worker_id} sent no heartbeat in {timeout_s}s")
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.alive:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        self._log.close()
+        return self._process.returncode
+
+
+def worker_env(settings_path: Path, secrets: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker: this one, the settings file and the (fake) API keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_POOL__")}
+    env.update(secrets)
+    env["LLM_POOL_SETTINGS"] = str(settings_path)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,316 @@
+"""End to end: real Redis, real worker processes (the Procfile's command), the fake provider over
+HTTP through the real LiteLLM Router. Callers are either ``LLMPool`` or plain arq + redis-py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import uuid
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from llm_pool.client import LLMPool
+from llm_pool.schemas import ChunkEvent, DoneEvent, ErrorCode, ErrorReply, OkReply
+from llm_pool.testing.cluster import DEPLOYMENTS
+from tests.conftest import REDIS_URL, TENANT, Pool, decode, user
+from tests.plain import Listener, plain_arq
+
+EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
+FAST_MODELS = {model for group, _, model in DEPLOYMENTS if group == "fast"}
+QUALITY_MODELS = {model for group, _, model in DEPLOYMENTS if group == "quality"}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def fail_group(pool: Pool, group: str, fault: str = "500") -> None:
+    for g, provider, _ in DEPLOYMENTS:
+        if g == group:
+            pool.provider.configure(f"{g}-{provider}", fault=fault)
+
+
+def request(**overrides: Any) -> dict[str, Any]:
+    return {"model": "quality", "messages": user(), "tenant_id": TENANT, **overrides}
+
+
+async def run_plain(
+    pool: Pool, function: str, payload: Any, channel: str | None = None, request_id: str | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Enqueue with plain arq, listen with plain redis-py, return (reply key, channel events)."""
+    request_id = request_id or uuid.uuid4().hex
+    channel = channel or pool.keys.stream(request_id)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    arq = await plain_arq(REDIS_URL, pool.keys.queue)
+    try:
+        async with Listener(client, channel) as listener:
+            job = await arq.enqueue_job(function, payload, _job_id=request_id)
+            assert job is not None
+            events = await listener.until_final()
+            reply = decode(await client.get(pool.keys.reply(request_id)))
+            assert await listener.quiet_for(0.3) == [], "nothing may follow the final event"
+    finally:
+        await arq.aclose()
+        await client.aclose()
+    return reply, events
+
+
+async def test_complete_returns_text_and_real_usage(pool: Pool, client: LLMPool, aredis: aioredis.Redis) -> None:
+    reply = await client.complete("quality", user("hello there friend"), TENANT, metadata={"conv": "c1"})
+    assert isinstance(reply, OkReply), reply
+    assert reply.content == EXPECTED_TEXT
+    assert reply.finish_reason == "stop"
+    assert reply.model == "quality" and reply.served_by in QUALITY_MODELS and reply.fallback is False
+    # The fake provider counts words of the prompt and tokens of the answer.
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (3, 8, 11)
+    if not reply.served_by.startswith("ollama"):
+        assert reply.usage.cost_usd > 0
+    assert reply.metadata == {"conv": "c1"} and reply.attempt == 1
+    stored = decode(await aredis.get(pool.keys.reply(reply.request_id)))
+    assert stored == reply.model_dump(mode="json")
+    assert 0 < await aredis.ttl(pool.keys.reply(reply.request_id)) <= pool.settings.worker.reply_ttl_s
+
+
+async def test_stream_delivers_chunks_in_order_then_one_done(pool: Pool) -> None:
+    reply, events = await run_plain(pool, "complete_stream", request(model="fast"))
+    chunks = [e for e in events if e["type"] == "chunk"]
+    assert [c["seq"] for c in chunks] == list(range(len(chunks))) and len(chunks) == 8
+    assert events[-1]["type"] == "done" and [e["type"] for e in events].count("done") == 1
+    assert "".join(c["text"] for c in chunks) == reply["content"] == EXPECTED_TEXT
+    assert events[-1]["usage"] == reply["usage"]
+    assert reply["usage"]["completion_tokens"] == 8 and reply["usage"]["prompt_tokens"] == 3
+    assert events[-1]["finish_reason"] == "stop"
+
+
+async def test_stream_honours_caller_channel(pool: Pool, client: LLMPool) -> None:
+    channel = f"ws:{uuid.uuid4().hex}"
+    reply, events = await run_plain(pool, "complete_stream", request(channel=channel), channel=channel)
+    assert events[-1]["type"] == "done"
+    assert "".join(e["text"] for e in events if e["type"] == "chunk") == reply["content"]
+    # The client's stream() yields the same sequence.
+    seen = [e async for e in client.stream("fast", user(), TENANT, channel=f"ws:{uuid.uuid4().hex}")]
+    assert isinstance(seen[-1], DoneEvent)
+    assert "".join(e.text for e in seen if isinstance(e, ChunkEvent)) == EXPECTED_TEXT
+
+
+async def test_complete_publishes_only_the_final_event(pool: Pool) -> None:
+    reply, events = await run_plain(pool, "complete", request())
+    assert [e["type"] for e in events] == ["done"]
+    assert reply["status"] == "ok" and events[0]["usage"] == reply["usage"]
+
+
+@pytest.mark.parametrize("function", ["complete", "complete_stream"])
+async def test_quality_falls_back_to_fast(pool: Pool, function: str) -> None:
+    fail_group(pool, "quality", "500")
+    before = pool.provider.stats()
+    reply, events = await run_plain(pool, function, request(model="quality"))
+    assert reply["status"] == "ok", reply
+    assert reply["fallback"] is True and reply["model"] == "quality"
+    assert reply["served_by"] in FAST_MODELS
+    assert reply["content"] == EXPECTED_TEXT
+    after = pool.provider.stats()
+    tried = sum(
+        after.get(name, {}).get("faults", 0) - before.get(name, {}).get("faults", 0)
+        for name in ("quality-anthropic", "quality-openai", "quality-ollama")
+    )
+    assert tried >= 1, "quality was tried before falling back"
+    # A fallback before the first chunk is invisible to listeners: no reset, seq from 0.
+    assert "reset" not in [e["type"] for e in events]
+    if function == "complete_stream":
+        assert [e["seq"] for e in events if e["type"] == "chunk"] == list(range(8))
+
+
+@pytest.mark.parametrize("function", ["complete", "complete_stream"])
+async def test_every_deployment_failing_is_providers_unavailable(pool: Pool, function: str) -> None:
+    fail_group(pool, "quality", "500")
+    fail_group(pool, "fast", "500")
+    reply, events = await run_plain(pool, function, request())
+    assert reply["status"] == "error"
+    assert reply["error"] == {"code": "providers_unavailable", "message": "All providers unavailable"}
+    assert events[-1] == {
+        "type": "error",
+        "request_id": reply["request_id"],
+        "code": "providers_unavailable",
+        "message": "All providers unavailable",
+    }
+    assert [e["type"] for e in events if e["type"] == "chunk"] == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_calls(client: LLMPool, stream: bool) -> None:
+    messages = user("what is the weather in Paris")
+    if stream:
+        events = [e async for e in client.stream("quality", messages, TENANT, tools=[WEATHER_TOOL])]
+        done = events[-1]
+        assert isinstance(done, DoneEvent)
+        tool_calls = done.tool_calls
+        reply = await client.reply(done.request_id)
+    else:
+        reply = await client.complete("quality", messages, TENANT, tools=[WEATHER_TOOL], tool_choice="auto")
+        assert isinstance(reply, OkReply)
+        tool_calls = reply.tool_calls
+    assert isinstance(reply, OkReply)
+    assert reply.finish_reason == "tool_calls" and reply.content == ""
+    assert len(tool_calls) == 1 and tool_calls == reply.tool_calls
+    call = tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    assert json.loads(call.function.arguments) == {"city": "Paris", "n": 1}
+    assert reply.usage.completion_tokens > 0
+
+
+async def test_tool_result_round_trip(client: LLMPool) -> None:
+    messages = [
+        {"role": "user", "content": "weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    reply = await client.complete("fast", messages, TENANT)
+    assert isinstance(reply, OkReply) and reply.content == EXPECTED_TEXT
+
+
+BAD_PAYLOADS: dict[str, Any] = {
+    "missing_messages": {"model": "quality", "tenant_id": TENANT},
+    "missing_tenant": {"model": "quality", "messages": user()},
+    "wrong_type_messages": {"model": "quality", "messages": "hello", "tenant_id": TENANT},
+    "wrong_type_model": {"model": 7, "messages": user(), "tenant_id": TENANT},
+    "unknown_group": {"model": "gigantic", "messages": user(), "tenant_id": TENANT},
+    "empty_messages": {"model": "quality", "messages": [], "tenant_id": TENANT},
+    "unknown_field": {**request(), "temperature": 0.2},
+    "unknown_param": {**request(), "params": {"logit_bias": {}}},
+    "bad_role": {**request(), "messages": [{"role": "wizard", "content": "x"}]},
+    "tenant_not_uuid": {**request(), "tenant_id": "acme"},
+    "metadata_not_strings": {**request(), "metadata": {"n": 1}},
+    "not_an_object": ["model", "quality"],
+}
+
+
+@pytest.mark.parametrize("function", ["complete", "complete_stream"])
+@pytest.mark.parametrize("case", sorted(BAD_PAYLOADS))
+async def test_bad_payload_gets_invalid_request(pool: Pool, case: str, function: str) -> None:
+    reply, events = await run_plain(pool, function, BAD_PAYLOADS[case])
+    assert reply["status"] == "error" and reply["error"]["code"] == "invalid_request", reply
+    assert reply["error"]["message"]
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "invalid_request"
+    assert [e for e in events if e["type"] == "chunk"] == []
+
+
+async def _enqueue_raw(aredis: aioredis.Redis, pool: Pool, job_id: str, data: bytes) -> None:
+    """What a buggy or hostile client could write: any bytes as the job, and the queue entry."""
+    async with aredis.pipeline(transaction=True) as pipe:
+        pipe.psetex(f"arq:job:{job_id}", 60_000, data)
+        pipe.zadd(pool.keys.queue, {job_id: 1})
+        await pipe.execute()
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, ("import pathlib; pathlib.Path('/tmp/llm_pool_pwned').write_text('x')",))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not_json", "pickle_envelope", "json_not_object", "unknown_function", "kwargs", "two_args"],
+)
+async def test_undecodable_job_gets_invalid_request_and_worker_keeps_serving(
+    pool: Pool, client: LLMPool, aredis: aioredis.Redis, case: str
+) -> None:
+    job_id = uuid.uuid4().hex
+    raw = {
+        "not_json": b"\x80\x04not json at all",
+        "pickle_envelope": pickle.dumps({"f": "complete", "a": [_Boom()], "k": {}, "t": 1, "et": 1}),
+        "json_not_object": b"[1, 2, 3]",
+        "unknown_function": json.dumps({"f": "shutdown", "a": [request()], "k": {}, "t": 1, "et": 1}).encode(),
+        "kwargs": json.dumps({"f": "complete", "a": [], "k": {"request": request()}, "t": 1, "et": 1}).encode(),
+        "two_args": json.dumps({"f": "complete", "a": [request(), 1], "k": {}, "t": 1, "et": 1}).encode(),
+    }[case]
+    async with Listener(aredis, pool.keys.stream(job_id)) as listener:
+        await _enqueue_raw(aredis, pool, job_id, raw)
+        events = await listener.until_final()
+    reply = decode(await aredis.get(pool.keys.reply(job_id)))
+    assert reply["status"] == "error" and reply["error"]["code"] == "invalid_request", reply
+    assert events == [{**events[-1], "type": "error", "code": "invalid_request"}]
+    assert not await aredis.exists(f"arq:job:{job_id}"), "the job left the queue"
+    assert await aredis.zscore(pool.keys.queue, job_id) is None
+    import os
+
+    assert not os.path.exists("/tmp/llm_pool_pwned"), "a pickled payload ran code in a worker"
+    # The worker is still serving.
+    good = await client.complete("fast", user(), TENANT)
+    assert isinstance(good, OkReply)
+
+
+async def test_plain_arq_caller_without_project_code(pool: Pool) -> None:
+    request_id = uuid.uuid4().hex
+    client = aioredis.Redis.from_url(REDIS_URL)
+    arq = await plain_arq(REDIS_URL, pool.keys.queue)
+    try:
+        async with Listener(client, pool.keys.stream(request_id)) as listener:
+            job = await arq.enqueue_job("complete", request(), _job_id=request_id)
+            assert job is not None
+            # The same id again while queued/running/kept is a no-op (arq's dedupe).
+            assert await arq.enqueue_job("complete", request(), _job_id=request_id) is None
+            events = await listener.until_final()
+        assert events[-1]["type"] == "done"
+        reply = decode(await client.get(pool.keys.reply(request_id)))
+        assert reply["status"] == "ok" and reply["content"] == EXPECTED_TEXT
+        # arq's own result is JSON too, and holds the same reply.
+        assert await job.result(timeout=10) == reply
+    finally:
+        await arq.aclose()
+        await client.aclose()
+
+
+async def test_ledger_adds_each_finished_request(pool: Pool, aredis: aioredis.Redis) -> None:
+    tenant = str(uuid.uuid4())
+    async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
+        replies = await asyncio.gather(
+            *[client.complete("fast" if i % 2 else "quality", user(), tenant) for i in range(6)]
+        )
+    ok = [r for r in replies if isinstance(r, OkReply)]
+    assert len(ok) == 6
+    ledger = {k.decode(): v.decode() for k, v in (await aredis.hgetall(pool.keys.usage(tenant))).items()}
+    assert int(ledger["requests"]) == 6
+    assert int(ledger["prompt_tokens"]) == sum(r.usage.prompt_tokens for r in ok) == 18
+    assert int(ledger["completion_tokens"]) == sum(r.usage.completion_tokens for r in ok) == 48
+    assert float(ledger["cost_usd"]) == pytest.approx(sum(r.usage.cost_usd for r in ok))
+
+
+async def test_deadline_passed_in_queue_is_timeout(pool: Pool, aredis: aioredis.Redis) -> None:
+    reply, events = await run_plain(pool, "complete", request(timeout_s=0.001))
+    assert reply["error"]["code"] == "timeout" and events[-1]["code"] == "timeout"
+
+
+async def test_slow_provider_stopped_at_deadline(pool: Pool) -> None:
+    for _, provider, _ in DEPLOYMENTS:
+        pool.provider.configure(f"quality-{provider}", token_delay_ms=400, tokens=50)
+    reply, events = await run_plain(pool, "complete_stream", request(timeout_s=1.5))
+    assert reply["error"]["code"] == "timeout", reply
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "timeout"
+
+
+async def test_cancel_running_stream(pool: Pool, client: LLMPool, aredis: aioredis.Redis) -> None:
+    for group, provider, _ in DEPLOYMENTS:
+        pool.provider.configure(f"{group}-{provider}", token_delay_ms=100, tokens=200)
+    request_id = uuid.uuid4().hex
+    async with Listener(aredis, pool.keys.stream(request_id)) as listener:
+        await client.submit("fast", user(), TENANT, stream=True, request_id=request_id)
+        await asyncio.sleep(1.0)
+        await client.cancel(request_id)
+        events = await listener.until_final(timeout_s=5)
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "cancelled"
+    reply = await client.reply(request_id)
+    assert isinstance(reply, ErrorReply) and reply.error.code == ErrorCode.CANCELLED
+    assert 0 < len([e for e in events if e["type"] == "chunk"]) < 200
