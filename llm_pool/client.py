@@ -144,7 +144,9 @@ class LLMPool:
         raw = await self._redis.get(self.keys.reply(request_id))
         return parse_reply(raw) if raw is not None else None
 
-    async def wait(self, request_id: str, *, channel: str | None = None, timeout_s: float | None = None) -> Reply:
+    async def wait(
+        self, request_id: str, *, channel: str | None = None, timeout_s: float | None = None
+    ) -> Reply:
         """Block until the request's final event, then return its reply."""
         budget = timeout_s if timeout_s is not None else self._wait_budget_s(None)
         async for _ in self._events(request_id, channel or self.keys.stream(request_id), budget, None):

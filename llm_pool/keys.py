@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True)
@@ -38,4 +38,4 @@ class Keys:
 
 def utc_day(now: datetime | None = None) -> str:
     """The UTC calendar day, ``YYYY-MM-DD``, that names a ledger hash."""
-    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")

@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 
-import litellm  # noqa: E402
+import litellm
 
 litellm.suppress_debug_info = True
 litellm.set_verbose = False

@@ -7,6 +7,7 @@ cannot publish into the void; messages are routed to per-channel queues by one r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from llm_pool.logging import get_logger
+from llm_pool.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -86,19 +88,13 @@ class Multiplexer:
                     queues.remove(queue)
                 if not queues:
                     self._queues.pop(channel, None)
-                    try:
+                    # If the connection is gone, the subscription went with it.
+                    with contextlib.suppress(RedisError, OSError):
                         await pubsub.unsubscribe(channel)
-                    except (RedisError, OSError):
-                        pass  # the connection is gone, and the subscription with it
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
-            self._reader = None
+        await cancel_and_wait(self._reader)
+        self._reader = None
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             self._pubsub = None

@@ -7,6 +7,7 @@ responses and stream chunks into the pool's own plain types (``Completion``, ``S
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -243,10 +244,9 @@ class StreamCall:
         finally:
             close = getattr(wrapper, "aclose", None)
             if close is not None:
-                try:
+                # Closing a broken stream may fail again; the first error is the one that counts.
+                with contextlib.suppress(Exception):
                     await close()
-                except Exception:  # closing a broken stream may fail again; nothing to add
-                    pass
 
     def _absorb(self, chunk: Any) -> StreamPiece | None:
         usage = getattr(chunk, "usage", None)

@@ -49,7 +49,9 @@ def decode_job(data: bytes) -> dict[str, Any]:
     try:
         envelope = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        return _invalid("the job envelope is not UTF-8 JSON (is the caller using arq's default pickle serializer?)")
+        return _invalid(
+            "the job envelope is not UTF-8 JSON (is the caller using arq's default pickle serializer?)"
+        )
     if not isinstance(envelope, dict):
         return _invalid("the job envelope is not a JSON object")
     function = envelope.get("f")
@@ -65,5 +67,7 @@ def decode_job(data: bytes) -> dict[str, Any]:
         "k": kwargs,
         # A caller-set try count could push arq past max_tries, failing the job with no reply.
         "t": None,
-        "et": enqueued if isinstance(enqueued, int) and not isinstance(enqueued, bool) else int(time.time() * 1000),
+        "et": enqueued
+        if isinstance(enqueued, int) and not isinstance(enqueued, bool)
+        else int(time.time() * 1000),
     }

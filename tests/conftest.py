@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -112,11 +113,20 @@ async def aredis() -> AsyncIterator[aioredis.Redis]:
 TENANT = str(uuid.uuid4())
 
 
+def sync_get(client: redis.Redis, key: str) -> bytes | None:
+    """redis-py's sync client typed for what it returns here (its stubs say "maybe awaitable")."""
+    return cast(bytes | None, client.get(key))
+
+
+def sync_pttl(client: redis.Redis, key: str) -> int:
+    return cast(int, client.pttl(key))
+
+
 def user(text: str = "hello there friend") -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def decode(raw: bytes | str | None) -> dict[str, object]:
+def decode(raw: bytes | str | None) -> dict[str, Any]:
     assert raw is not None
     value = json.loads(raw)
     assert isinstance(value, dict)

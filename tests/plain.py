@@ -38,7 +38,7 @@ class Listener:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._pubsub.unsubscribe(self.channel)
-        await self._pubsub.aclose()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def until_final(self, timeout_s: float = 30) -> list[dict[str, Any]]:
         async def collect() -> None:

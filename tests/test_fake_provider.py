@@ -201,7 +201,11 @@ async def test_fault_500(fake: FakeProvider, provider: str, stream: bool) -> Non
         response = await complete(fake, provider, f"{provider}-500", **(STREAM if stream else {}))
         await collect(response)
     assert stats(fake, f"{provider}-500") == {
-        "requests": 1, "streams": int(stream), "completed": 0, "disconnects": 0, "faults": 1,
+        "requests": 1,
+        "streams": int(stream),
+        "completed": 0,
+        "disconnects": 0,
+        "faults": 1,
     }
 
 
@@ -312,7 +316,10 @@ def test_cli_entry_point() -> None:
     env = {**os.environ, "PYTHONPATH": str(root)}
     process = subprocess.Popen(
         [sys.executable, "-m", "llm_pool.testing.fake_provider", "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE, text=True, env=env, cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
     )
     try:
         assert process.stdout is not None

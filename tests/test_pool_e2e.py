@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import tempfile
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -62,7 +65,9 @@ async def run_plain(
     return reply, events
 
 
-async def test_complete_returns_text_and_real_usage(pool: Pool, client: LLMPool, aredis: aioredis.Redis) -> None:
+async def test_complete_returns_text_and_real_usage(
+    pool: Pool, client: LLMPool, aredis: aioredis.Redis
+) -> None:
     reply = await client.complete("quality", user("hello there friend"), TENANT, metadata={"conv": "c1"})
     assert isinstance(reply, OkReply), reply
     assert reply.content == EXPECTED_TEXT
@@ -166,7 +171,7 @@ async def test_tool_calls(client: LLMPool, stream: bool) -> None:
 
 
 async def test_tool_result_round_trip(client: LLMPool) -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "weather in Paris?"},
         {
             "role": "assistant",
@@ -215,9 +220,18 @@ async def _enqueue_raw(aredis: aioredis.Redis, pool: Pool, job_id: str, data: by
         await pipe.execute()
 
 
+PWNED = Path(tempfile.gettempdir()) / f"llm_pool_pwned_{uuid.uuid4().hex}"
+
+
 class _Boom:
+    """Unpickling this writes PWNED: proof that a worker ran code from a job payload."""
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, ("import pathlib; pathlib.Path('/tmp/llm_pool_pwned').write_text('x')",))
+        return (exec, (f"import pathlib; pathlib.Path({str(PWNED)!r}).write_text('x')",))
+
+
+def _pwned() -> bool:
+    return PWNED.exists()
 
 
 @pytest.mark.parametrize(
@@ -232,8 +246,12 @@ async def test_undecodable_job_gets_invalid_request_and_worker_keeps_serving(
         "not_json": b"\x80\x04not json at all",
         "pickle_envelope": pickle.dumps({"f": "complete", "a": [_Boom()], "k": {}, "t": 1, "et": 1}),
         "json_not_object": b"[1, 2, 3]",
-        "unknown_function": json.dumps({"f": "shutdown", "a": [request()], "k": {}, "t": 1, "et": 1}).encode(),
-        "kwargs": json.dumps({"f": "complete", "a": [], "k": {"request": request()}, "t": 1, "et": 1}).encode(),
+        "unknown_function": json.dumps(
+            {"f": "shutdown", "a": [request()], "k": {}, "t": 1, "et": 1}
+        ).encode(),
+        "kwargs": json.dumps(
+            {"f": "complete", "a": [], "k": {"request": request()}, "t": 1, "et": 1}
+        ).encode(),
         "two_args": json.dumps({"f": "complete", "a": [request(), 1], "k": {}, "t": 1, "et": 1}).encode(),
     }[case]
     async with Listener(aredis, pool.keys.stream(job_id)) as listener:
@@ -244,9 +262,7 @@ async def test_undecodable_job_gets_invalid_request_and_worker_keeps_serving(
     assert events == [{**events[-1], "type": "error", "code": "invalid_request"}]
     assert not await aredis.exists(f"arq:job:{job_id}"), "the job left the queue"
     assert await aredis.zscore(pool.keys.queue, job_id) is None
-    import os
-
-    assert not os.path.exists("/tmp/llm_pool_pwned"), "a pickled payload ran code in a worker"
+    assert not _pwned(), "a pickled payload ran code in a worker"
     # The worker is still serving.
     good = await client.complete("fast", user(), TENANT)
     assert isinstance(good, OkReply)
@@ -281,7 +297,8 @@ async def test_ledger_adds_each_finished_request(pool: Pool, aredis: aioredis.Re
         )
     ok = [r for r in replies if isinstance(r, OkReply)]
     assert len(ok) == 6
-    ledger = {k.decode(): v.decode() for k, v in (await aredis.hgetall(pool.keys.usage(tenant))).items()}
+    raw = await cast(Awaitable[dict[bytes, bytes]], aredis.hgetall(pool.keys.usage(tenant)))
+    ledger = {k.decode(): v.decode() for k, v in raw.items()}
     assert int(ledger["requests"]) == 6
     assert int(ledger["prompt_tokens"]) == sum(r.usage.prompt_tokens for r in ok) == 18
     assert int(ledger["completion_tokens"]) == sum(r.usage.completion_tokens for r in ok) == 48

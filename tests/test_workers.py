@@ -13,12 +13,12 @@ import redis
 from llm_pool.client import LLMPool
 from llm_pool.schemas import Heartbeat, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, ROOT
-from tests.conftest import REDIS_URL, SECRETS, TENANT, Pool, user
+from tests.conftest import REDIS_URL, SECRETS, TENANT, Pool, sync_get, sync_pttl, user
 from tests.test_pool_e2e import WEATHER_TOOL, fail_group, run_plain
 
 
 def heartbeat(redis_sync: redis.Redis, pool: Pool, worker_id: str) -> Heartbeat | None:
-    raw = redis_sync.get(pool.keys.heartbeat(worker_id))
+    raw = sync_get(redis_sync, pool.keys.heartbeat(worker_id))
     return Heartbeat.model_validate_json(raw) if raw is not None else None
 
 
@@ -40,7 +40,7 @@ def test_heartbeat_key_per_worker(pool: Pool, redis_sync: redis.Redis) -> None:
         assert beat.worker_id == worker_id and beat.queue == pool.keys.queue
         assert beat.max_jobs == pool.settings.worker.max_jobs
         assert beat.groups == ["fast", "quality"] and beat.pid > 0 and beat.version
-        ttl_ms = redis_sync.pttl(pool.keys.heartbeat(worker_id))
+        ttl_ms = sync_pttl(redis_sync, pool.keys.heartbeat(worker_id))
         assert 0 < ttl_ms <= 3 * pool.settings.worker.heartbeat_interval_s * 1000
 
 
@@ -57,7 +57,7 @@ async def test_two_workers_share_the_load(pool: Pool, redis_sync: redis.Redis) -
             return reply
 
         await asyncio.gather(*[one(i) for i in range(40)])
-    time.sleep(pool.settings.worker.heartbeat_interval_s * 1.5)
+    await asyncio.sleep(pool.settings.worker.heartbeat_interval_s * 1.5)
     after = {w: heartbeat(redis_sync, pool, w) for w in ("alpha", "beta")}
     served = {}
     for w in ("alpha", "beta"):
@@ -116,4 +116,4 @@ async def test_logs_hold_no_message_text_or_api_keys(pool: Pool, redis_sync: red
     for key in SECRETS.values():
         assert key not in logs
         for worker_id in ("alpha", "beta"):
-            assert key not in (redis_sync.get(pool.keys.heartbeat(worker_id)) or b"").decode()
+            assert key not in (sync_get(redis_sync, pool.keys.heartbeat(worker_id)) or b"").decode()

@@ -20,7 +20,7 @@ def main() -> int:
     from worker.settings import worker_settings  # imports LiteLLM (seconds); after logging is set up
 
     get_logger("worker").info("worker_starting", queue=settings.queue_name)
-    run_worker(worker_settings(settings))  # type: ignore[arg-type]
+    run_worker(worker_settings(settings))
     return 0
 
 

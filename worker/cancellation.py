@@ -13,6 +13,8 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llm_pool.tasks import cancel_and_wait
+
 
 class CancelWatcher:
     def __init__(self, redis: Redis, key_of: Callable[[str], str], interval_s: float = 0.25) -> None:
@@ -43,13 +45,8 @@ class CancelWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cancel-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -144,7 +144,7 @@ class Execution:
             raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller before it started")
         self._log.info("request_started", stream=self._stream, queued_ms=self._queued_ms())
         work: asyncio.Task[Completion] = asyncio.get_running_loop().create_task(self._call(group, request))
-        self._state.cancels.watch(self._job.request_id, work)  # type: ignore[arg-type]
+        self._state.cancels.watch(self._job.request_id, work)
         try:
             completion = await asyncio.wait_for(work, remaining)
         except TimeoutError:

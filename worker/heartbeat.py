@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -10,6 +11,7 @@ from redis.exceptions import RedisError
 
 from llm_pool.logging import get_logger
 from llm_pool.schemas import Heartbeat
+from llm_pool.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -17,9 +19,7 @@ log = get_logger(__name__)
 class HeartbeatTask:
     """Sets ``P:heartbeat:{worker_id}`` every interval with a TTL of three intervals."""
 
-    def __init__(
-        self, redis: Redis, key: str, interval_s: float, snapshot: Callable[[], Heartbeat]
-    ) -> None:
+    def __init__(self, redis: Redis, key: str, interval_s: float, snapshot: Callable[[], Heartbeat]) -> None:
         self._redis = redis
         self._key = key
         self._interval_s = interval_s
@@ -50,14 +50,7 @@ class HeartbeatTask:
 
     async def stop(self) -> None:
         """Stop beating and remove the key, so the worker leaves the pool at once."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        try:
+        await cancel_and_wait(self._task)
+        self._task = None
+        with contextlib.suppress(RedisError, OSError):  # if Redis is away, the key expires by itself
             await self._redis.delete(self._key)
-        except (RedisError, OSError):
-            pass  # the key expires by itself

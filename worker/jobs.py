@@ -11,10 +11,14 @@ from worker.state import WorkerState
 def _job(ctx: dict[str, Any]) -> JobInfo:
     enqueue_time = ctx.get("enqueue_time")
     enqueued_ms = int(enqueue_time.timestamp() * 1000) if enqueue_time is not None else 0
-    return JobInfo(request_id=str(ctx["job_id"]), attempt=int(ctx.get("job_try") or 1), enqueued_ms=enqueued_ms)
+    return JobInfo(
+        request_id=str(ctx["job_id"]), attempt=int(ctx.get("job_try") or 1), enqueued_ms=enqueued_ms
+    )
 
 
-async def _run(ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool) -> dict[str, Any]:
+async def _run(
+    ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool
+) -> dict[str, Any]:
     state: WorkerState = ctx["state"]
     state.counters.running += 1
     try:

@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from llm_pool.logging import get_logger
+from llm_pool.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -76,6 +77,8 @@ class Outbox:
         self._retry_delay_s = retry_delay_s
         self._items: deque[Publish | Final] = deque()
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._finalize = redis.register_script(FINALIZE_LUA)
         self._failing = False
@@ -87,29 +90,27 @@ class Outbox:
         """Flush what is queued, then stop."""
         if self._task is None:
             return
-        while self._items:
-            await asyncio.sleep(0.01)
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await self._idle.wait()
+        await cancel_and_wait(self._task)
         self._task = None
 
     def publish(self, channel: str, data: bytes) -> None:
         """Queue one pub-sub message; it leaves with the next batch."""
         self._items.append(Publish(channel, data))
+        self._idle.clear()
         self._wakeup.set()
 
     async def finish(self, final: Final) -> bool:
         """Queue the final write and wait until Redis has it; False if the reply already existed."""
         self._items.append(final)
+        self._idle.clear()
         self._wakeup.set()
         return await asyncio.shield(final.done)
 
     async def _run(self) -> None:
         while True:
             if not self._items:
+                self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
             batch = [self._items.popleft() for _ in range(min(len(self._items), self._max_batch))]

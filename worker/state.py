@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
@@ -39,7 +39,7 @@ class WorkerState:
     cancels: CancelWatcher
     worker_id: str
     host: str = field(default_factory=socket.gethostname)
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     counters: JobCounters = field(default_factory=JobCounters)
 
     def heartbeat(self) -> Heartbeat:
@@ -49,7 +49,7 @@ class WorkerState:
             pid=os.getpid(),
             version=__version__,
             started_at=self.started_at.isoformat(),
-            ts=datetime.now(timezone.utc).isoformat(),
+            ts=datetime.now(UTC).isoformat(),
             queue=self.keys.queue,
             max_jobs=self.settings.worker.max_jobs,
             jobs_running=self.counters.running,

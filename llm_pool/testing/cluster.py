@@ -69,10 +69,10 @@ class FakeProviderProcess:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback server)
+        url = self.base_url + path  # always http://127.0.0.1:PORT, our own server
+        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return json.loads(response.read() or b"null")
 
     def configure(self, name: str, **config: Any) -> None:

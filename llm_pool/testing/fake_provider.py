@@ -247,10 +247,22 @@ class OpenAIWire(Wire):
 
     def error(self, status: int) -> JSON:
         if status == 429:
-            return {"error": {"message": "Rate limit reached (fake)", "type": "requests",
-                              "param": None, "code": "rate_limit_exceeded"}}
-        return {"error": {"message": "Internal server error (fake)", "type": "server_error",
-                          "param": None, "code": None}}
+            return {
+                "error": {
+                    "message": "Rate limit reached (fake)",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            }
+        return {
+            "error": {
+                "message": "Internal server error (fake)",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
 
     def chunk(self, delta: JSON, finish_reason: str | None = None) -> JSON:
         return {
@@ -264,9 +276,18 @@ class OpenAIWire(Wire):
     def head(self) -> bytes:
         delta: JSON = {"role": "assistant", "content": ""}
         if self.plan.tool_name is not None:
-            delta = {"role": "assistant", "content": None, "tool_calls": [{
-                "index": 0, "id": "call_fake_0", "type": "function",
-                "function": {"name": self.plan.tool_name, "arguments": ""}}]}
+            delta = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_fake_0",
+                        "type": "function",
+                        "function": {"name": self.plan.tool_name, "arguments": ""},
+                    }
+                ],
+            }
         return b"data: " + _dumps(self.chunk(delta)) + b"\n\n"
 
     def steps(self) -> Iterator[bytes]:
@@ -303,8 +324,14 @@ class AnthropicWire(Wire):
             tool_name = str(tools[0].get("name", "tool"))
         words = count_words(body.get("system"))
         words += sum(count_words(m.get("content")) for m in messages if isinstance(m, dict))
-        return make_plan(body, config, prompt_words=words, limit=body.get("max_tokens"),
-                         tool_name=tool_name, include_usage=True)
+        return make_plan(
+            body,
+            config,
+            prompt_words=words,
+            limit=body.get("max_tokens"),
+            tool_name=tool_name,
+            include_usage=True,
+        )
 
     def stop_reason(self) -> str:
         if self.plan.tool_name is not None:
@@ -366,9 +393,11 @@ class AnthropicWire(Wire):
             "delta": {"stop_reason": self.stop_reason(), "stop_sequence": None},
             "usage": {"output_tokens": self.plan.completion_tokens},
         }
-        return (self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
-                + self.event("message_delta", delta)
-                + self.event("message_stop", {"type": "message_stop"}))
+        return (
+            self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            + self.event("message_delta", delta)
+            + self.event("message_stop", {"type": "message_stop"})
+        )
 
 
 class OllamaWire(Wire):
@@ -400,17 +429,24 @@ class OllamaWire(Wire):
 
     def final(self, message: JSON) -> JSON:
         out = self.line(message, True)
-        out.update({
-            "done_reason": "length" if self.plan.truncated else "stop",
-            "total_duration": 0, "load_duration": 0,
-            "prompt_eval_count": self.plan.prompt_tokens, "prompt_eval_duration": 0,
-            "eval_count": self.plan.completion_tokens, "eval_duration": 0,
-        })
+        out.update(
+            {
+                "done_reason": "length" if self.plan.truncated else "stop",
+                "total_duration": 0,
+                "load_duration": 0,
+                "prompt_eval_count": self.plan.prompt_tokens,
+                "prompt_eval_duration": 0,
+                "eval_count": self.plan.completion_tokens,
+                "eval_duration": 0,
+            }
+        )
         return out
 
     def tool_message(self) -> JSON:
-        call = {"id": "call_fake_0", "function": {"index": 0, "name": self.plan.tool_name,
-                                                  "arguments": dict(TOOL_ARGUMENTS)}}
+        call = {
+            "id": "call_fake_0",
+            "function": {"index": 0, "name": self.plan.tool_name, "arguments": dict(TOOL_ARGUMENTS)},
+        }
         return {"role": "assistant", "content": "", "tool_calls": [call]}
 
     def body(self) -> JSON:
@@ -485,8 +521,9 @@ class FakeProvider:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=4096)
         self.host, self.port = host, int(sock.getsockname()[1])
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         await web.SockSite(self._runner, sock, backlog=4096).start()
 
@@ -525,6 +562,7 @@ class FakeProvider:
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             return await self._answer(request, wire_cls)
+
         return handler
 
     async def _answer(self, request: web.Request, wire_cls: type[Wire]) -> web.StreamResponse:
@@ -571,10 +609,12 @@ class FakeProvider:
             stats.disconnects += 1
             raise
 
-    async def _stream(self, request: web.Request, wire: Wire, config: DeploymentConfig,
-                      stats: DeploymentStats) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": wire.stream_content_type,
-                                               "Cache-Control": "no-cache"})
+    async def _stream(
+        self, request: web.Request, wire: Wire, config: DeploymentConfig, stats: DeploymentStats
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": wire.stream_content_type, "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         drop_after = config.drop_after if config.fault == "drop" else -1
         await response.write(wire.head())
@@ -601,13 +641,16 @@ class FakeProvider:
 
     async def _ollama_show(self, request: web.Request) -> web.Response:
         self._count_other(request)
-        return web.json_response({
-            "modelfile": "", "parameters": "",
-            "template": "{{ if .Tools }}tools{{ end }}{{ .Prompt }}",
-            "details": {"format": "gguf", "family": "fake", "parameter_size": "1B"},
-            "model_info": {"general.architecture": "fake", "fake.context_length": 32768},
-            "capabilities": ["completion", "tools"],
-        })
+        return web.json_response(
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": "{{ if .Tools }}tools{{ end }}{{ .Prompt }}",
+                "details": {"format": "gguf", "family": "fake", "parameter_size": "1B"},
+                "model_info": {"general.architecture": "fake", "fake.context_length": 32768},
+                "capabilities": ["completion", "tools"],
+            }
+        )
 
     async def _ollama_tags(self, request: web.Request) -> web.Response:
         self._count_other(request)
@@ -669,8 +712,9 @@ class FakeProviderThread:
         self.provider = asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
         return self.provider
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.provider is not None:
             asyncio.run_coroutine_threadsafe(self.provider.close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
