@@ -1,4 +1,4 @@
-"""The fake provider, verified end to end through real LiteLLM calls (no mocks)."""
+"""The fake api, verified end to end through real LiteLLM calls (no mocks)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ pytestmark = pytest.mark.asyncio
 def fake() -> Iterator[FakeProvider]:
     # Own loop in a thread: LiteLLM makes a blocking call to Ollama's /api/show from
     # its logging on the caller's loop, which would deadlock a same-loop server.
-    with FakeProviderThread() as provider:
-        yield provider
+    with FakeProviderThread() as api:
+        yield api
 
 
 @pytest.fixture(autouse=True)
@@ -92,11 +92,11 @@ async def wait_for_stats(fake: FakeProvider, name: str, key: str, value: int) ->
         await asyncio.sleep(0.02)
 
 
-async def complete(fake: FakeProvider, provider: str, name: str, **kwargs: Any) -> Any:
+async def complete(fake: FakeProvider, api: str, name: str, **kwargs: Any) -> Any:
     return await litellm.acompletion(
-        model=MODELS[provider],
+        model=MODELS[api],
         messages=MESSAGES,
-        api_base=fake.api_base(name, provider),
+        api_base=fake.api_base(name, api),
         api_key="sk-fake",
         max_retries=0,  # the OpenAI SDK would otherwise retry 500/429/timeouts twice
         **kwargs,
@@ -119,33 +119,33 @@ def finish_reasons(chunks: list[Any]) -> list[str]:
     return [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_text_non_stream(fake: FakeProvider, provider: str) -> None:
-    response = await complete(fake, provider, f"{provider}-text")
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_text_non_stream(fake: FakeProvider, api: str) -> None:
+    response = await complete(fake, api, f"{api}-text")
     assert response.choices[0].message.content == TEXT
     assert response.choices[0].finish_reason == "stop"
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (2, 8)
-    assert stats(fake, f"{provider}-text")["completed"] == 1
+    assert stats(fake, f"{api}-text")["completed"] == 1
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_text_stream_with_usage(fake: FakeProvider, provider: str) -> None:
-    text, chunks, usage = await collect(await complete(fake, provider, f"{provider}-stream", **STREAM))
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_text_stream_with_usage(fake: FakeProvider, api: str) -> None:
+    text, chunks, usage = await collect(await complete(fake, api, f"{api}-stream", **STREAM))
     assert text == TEXT
     assert finish_reasons(chunks) == ["stop"]
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (2, 8)
     # Usage arrives in a final chunk without choices, after the finish_reason chunk.
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert (await wait_for_stats(fake, f"{provider}-stream", "completed", 1))["streams"] == 1
+    assert (await wait_for_stats(fake, f"{api}-stream", "completed", 1))["streams"] == 1
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("api", PROVIDERS)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_token_count_and_limit(fake: FakeProvider, provider: str, stream: bool) -> None:
-    configure(fake, f"{provider}-long", tokens=20)
+async def test_token_count_and_limit(fake: FakeProvider, api: str, stream: bool) -> None:
+    configure(fake, f"{api}-long", tokens=20)
     kwargs: dict[str, Any] = {"max_tokens": 5, **(STREAM if stream else {})}
-    response = await complete(fake, provider, f"{provider}-long", **kwargs)
+    response = await complete(fake, api, f"{api}-long", **kwargs)
     if stream:
         text, chunks, usage = await collect(response)
         finish = finish_reasons(chunks)
@@ -157,21 +157,21 @@ async def test_token_count_and_limit(fake: FakeProvider, provider: str, stream: 
     assert usage.completion_tokens == 5
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_tool_call_non_stream(fake: FakeProvider, provider: str) -> None:
-    response = await complete(fake, provider, f"{provider}-tool", tools=TOOLS)
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_tool_call_non_stream(fake: FakeProvider, api: str) -> None:
+    response = await complete(fake, api, f"{api}-tool", tools=TOOLS)
     calls = response.choices[0].message.tool_calls
     assert len(calls) == 1
-    assert calls[0].id == TOOL_CALL_ID[provider]
+    assert calls[0].id == TOOL_CALL_ID[api]
     assert calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments) == {"city": "Paris", "n": 1}
     assert response.choices[0].finish_reason == "tool_calls"
     assert response.usage.prompt_tokens == 2
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_tool_call_stream(fake: FakeProvider, provider: str) -> None:
-    stream = await complete(fake, provider, f"{provider}-tool", tools=TOOLS, **STREAM)
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_tool_call_stream(fake: FakeProvider, api: str) -> None:
+    stream = await complete(fake, api, f"{api}-tool", tools=TOOLS, **STREAM)
     _, chunks, usage = await collect(stream)
     ids: set[str] = set()
     names: set[str] = set()
@@ -184,23 +184,23 @@ async def test_tool_call_stream(fake: FakeProvider, provider: str) -> None:
                 arguments += call.function.arguments
                 fragments += 1
     # LiteLLM keeps Ollama's tool call id only for non-stream answers (streams get a uuid4).
-    assert len(ids) == 1 and (provider == "ollama" or ids == {TOOL_CALL_ID[provider]})
+    assert len(ids) == 1 and (api == "ollama" or ids == {TOOL_CALL_ID[api]})
     assert names == {"get_weather"}
     assert json.loads(arguments) == {"city": "Paris", "n": 1}
-    if provider != "ollama":  # Ollama sends the whole call in one message
+    if api != "ollama":  # Ollama sends the whole call in one message
         assert fragments >= 2
     assert finish_reasons(chunks) == ["tool_calls"]
     assert usage is not None and usage.prompt_tokens == 2
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("api", PROVIDERS)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_fault_500(fake: FakeProvider, provider: str, stream: bool) -> None:
-    configure(fake, f"{provider}-500", fault="500")
+async def test_fault_500(fake: FakeProvider, api: str, stream: bool) -> None:
+    configure(fake, f"{api}-500", fault="500")
     with pytest.raises(InternalServerError):
-        response = await complete(fake, provider, f"{provider}-500", **(STREAM if stream else {}))
+        response = await complete(fake, api, f"{api}-500", **(STREAM if stream else {}))
         await collect(response)
-    assert stats(fake, f"{provider}-500") == {
+    assert stats(fake, f"{api}-500") == {
         "requests": 1,
         "streams": int(stream),
         "completed": 0,
@@ -209,14 +209,14 @@ async def test_fault_500(fake: FakeProvider, provider: str, stream: bool) -> Non
     }
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("api", PROVIDERS)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_fault_429(fake: FakeProvider, provider: str, stream: bool) -> None:
-    configure(fake, f"{provider}-429", fault="429", retry_after_s=7)
+async def test_fault_429(fake: FakeProvider, api: str, stream: bool) -> None:
+    configure(fake, f"{api}-429", fault="429", retry_after_s=7)
     with pytest.raises(RateLimitError):
-        response = await complete(fake, provider, f"{provider}-429", **(STREAM if stream else {}))
+        response = await complete(fake, api, f"{api}-429", **(STREAM if stream else {}))
         await collect(response)
-    assert stats(fake, f"{provider}-429")["faults"] == 1
+    assert stats(fake, f"{api}-429")["faults"] == 1
 
 
 async def test_429_wire_format(fake: FakeProvider) -> None:
@@ -228,42 +228,42 @@ async def test_429_wire_format(fake: FakeProvider) -> None:
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_fault_drop_mid_stream(fake: FakeProvider, provider: str) -> None:
-    configure(fake, f"{provider}-drop", fault="drop", drop_after=3)
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_fault_drop_mid_stream(fake: FakeProvider, api: str) -> None:
+    configure(fake, f"{api}-drop", fault="drop", drop_after=3)
     text = ""
     with pytest.raises(MidStreamFallbackError):  # a ServiceUnavailableError (503) subclass
-        async for chunk in await complete(fake, provider, f"{provider}-drop", **STREAM):
+        async for chunk in await complete(fake, api, f"{api}-drop", **STREAM):
             if chunk.choices:
                 text += chunk.choices[0].delta.content or ""
     assert text == "tok0 tok1 tok2 "
-    assert stats(fake, f"{provider}-drop")["completed"] == 0
+    assert stats(fake, f"{api}-drop")["completed"] == 0
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_fault_drop_non_stream(fake: FakeProvider, provider: str) -> None:
-    configure(fake, f"{provider}-drop", fault="drop")
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_fault_drop_non_stream(fake: FakeProvider, api: str) -> None:
+    configure(fake, f"{api}-drop", fault="drop")
     with pytest.raises((APIConnectionError, InternalServerError)):
-        await complete(fake, provider, f"{provider}-drop")
+        await complete(fake, api, f"{api}-drop")
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("api", PROVIDERS)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_fault_hang_times_out(fake: FakeProvider, provider: str, stream: bool) -> None:
-    name = f"{provider}-hang"
+async def test_fault_hang_times_out(fake: FakeProvider, api: str, stream: bool) -> None:
+    name = f"{api}-hang"
     configure(fake, name, fault="hang")
     started = time.monotonic()
     with pytest.raises(Timeout):
-        await collect(await complete(fake, provider, name, timeout=1, **(STREAM if stream else {})))
+        await collect(await complete(fake, api, name, timeout=1, **(STREAM if stream else {})))
     assert 0.9 < time.monotonic() - started < 3
     assert (await wait_for_stats(fake, name, "disconnects", 1))["disconnects"] == 1
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_client_disconnect_counted(fake: FakeProvider, provider: str) -> None:
-    name = f"{provider}-slow"
+@pytest.mark.parametrize("api", PROVIDERS)
+async def test_client_disconnect_counted(fake: FakeProvider, api: str) -> None:
+    name = f"{api}-slow"
     configure(fake, name, tokens=200, token_delay_ms=10)
-    stream = await complete(fake, provider, name, **STREAM)
+    stream = await complete(fake, api, name, **STREAM)
     seen = 0
     async for chunk in stream:
         seen += bool(chunk.choices and chunk.choices[0].delta.content)
@@ -303,12 +303,12 @@ def test_api_bases(fake: FakeProvider) -> None:
 
 
 async def test_same_loop_server() -> None:
-    provider = await start_fake_provider()
+    api = await start_fake_provider()
     try:
-        text, _, usage = await collect(await complete(provider, "openai", "local", **STREAM))
+        text, _, usage = await collect(await complete(api, "openai", "local", **STREAM))
         assert text == TEXT and usage.completion_tokens == 8
     finally:
-        await provider.close()
+        await api.close()
 
 
 def test_cli_entry_point() -> None:

@@ -69,18 +69,14 @@ class DeploymentConfig:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"fault must be null or one of {sorted(FAULTS)}")
         kwargs: JSON = {"fault": fault}
-        for key in ("tokens", "drop_after"):
-            if key in body:
-                value = body[key]
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ValueError(f"{key} must be a non-negative integer")
-                kwargs[key] = value
-        for key in ("token_delay_ms", "retry_after_s", "first_token_delay_ms"):
-            if key in body:
-                value = body[key]
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                    raise ValueError(f"{key} must be a non-negative number")
-                kwargs[key] = float(value)
+        for f in fields(cls)[1:]:  # the numeric fields
+            kind = int if f.type == "int" else float
+            value = body.get(f.name, 0)
+            valid = (int, float) if kind is float else int
+            if not isinstance(value, valid) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{f.name} must be a non-negative {kind.__name__}")
+            if f.name in body:
+                kwargs[f.name] = kind(value)
         return cls(**kwargs)
 
 
@@ -125,24 +121,23 @@ def count_words(content: object) -> int:
     return 0
 
 
-def make_plan(
-    body: JSON,
-    config: DeploymentConfig,
-    *,
-    prompt_words: int,
-    limit: object,
-    tool_name: str | None,
-    include_usage: bool,
-) -> Plan:
-    n = config.tokens
-    truncated = False
+def make_plan(body: JSON, config: DeploymentConfig, *, limit: object, include_usage: bool) -> Plan:
+    """Plan the answer to a chat request body (OpenAI, Anthropic and Ollama bodies look alike)."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    words = count_words(body.get("system")) + sum(count_words(m.get("content")) for m in messages)
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    tool_name = None
+    if tools and choice != "none" and not (isinstance(choice, dict) and choice.get("type") == "none"):
+        tool_name = str(tools[0].get("function", tools[0]).get("name", "tool"))  # OpenAI / Anthropic
+    n, truncated = config.tokens, False
     if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit < n:
         n, truncated = limit, True
     return Plan(
         model=str(body.get("model") or "fake-model"),
         stream=bool(body.get("stream")),
         include_usage=include_usage,
-        prompt_tokens=max(1, prompt_words),
+        prompt_tokens=max(1, words),
         tool_name=tool_name,
         texts=() if tool_name is not None else tuple(f"tok{i} " for i in range(n)),
         truncated=truncated,
@@ -199,20 +194,9 @@ class OpenAIWire(Wire):
 
     @staticmethod
     def parse(body: JSON, config: DeploymentConfig) -> Plan:
-        messages = body.get("messages") or []
-        tools = body.get("tools") or []
-        tool_name = None
-        if tools and body.get("tool_choice") != "none":
-            tool_name = str(tools[0].get("function", {}).get("name", "tool"))
         options = body.get("stream_options") or {}
-        return make_plan(
-            body,
-            config,
-            prompt_words=sum(count_words(m.get("content")) for m in messages if isinstance(m, dict)),
-            limit=body.get("max_tokens", body.get("max_completion_tokens")),
-            tool_name=tool_name,
-            include_usage=bool(options.get("include_usage")),
-        )
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        return make_plan(body, config, limit=limit, include_usage=bool(options.get("include_usage")))
 
     def finish_reason(self) -> str:
         if self.plan.tool_name is not None:
@@ -223,17 +207,15 @@ class OpenAIWire(Wire):
         p, c = self.plan.prompt_tokens, self.plan.completion_tokens
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
+    def tool_call(self, arguments: str) -> JSON:
+        function = {"name": self.plan.tool_name, "arguments": arguments}
+        return {"id": "call_fake_0", "type": "function", "function": function}
+
     def body(self) -> JSON:
         message: JSON = {"role": "assistant", "content": self.plan.text}
         if self.plan.tool_name is not None:
             message["content"] = None
-            message["tool_calls"] = [
-                {
-                    "id": "call_fake_0",
-                    "type": "function",
-                    "function": {"name": self.plan.tool_name, "arguments": json.dumps(TOOL_ARGUMENTS)},
-                }
-            ]
+            message["tool_calls"] = [self.tool_call(json.dumps(TOOL_ARGUMENTS))]
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -246,23 +228,16 @@ class OpenAIWire(Wire):
         }
 
     def error(self, status: int) -> JSON:
+        error: JSON
         if status == 429:
-            return {
-                "error": {
-                    "message": "Rate limit reached (fake)",
-                    "type": "requests",
-                    "param": None,
-                    "code": "rate_limit_exceeded",
-                }
+            error = {
+                "message": "Rate limit reached (fake)",
+                "type": "requests",
+                "code": "rate_limit_exceeded",
             }
-        return {
-            "error": {
-                "message": "Internal server error (fake)",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
+        else:
+            error = {"message": "Internal server error (fake)", "type": "server_error", "code": None}
+        return {"error": {**error, "param": None}}
 
     def chunk(self, delta: JSON, finish_reason: str | None = None) -> JSON:
         return {
@@ -276,18 +251,7 @@ class OpenAIWire(Wire):
     def head(self) -> bytes:
         delta: JSON = {"role": "assistant", "content": ""}
         if self.plan.tool_name is not None:
-            delta = {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "call_fake_0",
-                        "type": "function",
-                        "function": {"name": self.plan.tool_name, "arguments": ""},
-                    }
-                ],
-            }
+            delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **self.tool_call("")}]}
         return b"data: " + _dumps(self.chunk(delta)) + b"\n\n"
 
     def steps(self) -> Iterator[bytes]:
@@ -316,22 +280,7 @@ class AnthropicWire(Wire):
 
     @staticmethod
     def parse(body: JSON, config: DeploymentConfig) -> Plan:
-        messages = body.get("messages") or []
-        tools = body.get("tools") or []
-        choice = body.get("tool_choice")
-        tool_name = None
-        if tools and not (isinstance(choice, dict) and choice.get("type") == "none"):
-            tool_name = str(tools[0].get("name", "tool"))
-        words = count_words(body.get("system"))
-        words += sum(count_words(m.get("content")) for m in messages if isinstance(m, dict))
-        return make_plan(
-            body,
-            config,
-            prompt_words=words,
-            limit=body.get("max_tokens"),
-            tool_name=tool_name,
-            include_usage=True,
-        )
+        return make_plan(body, config, limit=body.get("max_tokens"), include_usage=True)
 
     def stop_reason(self) -> str:
         if self.plan.tool_name is not None:
@@ -409,20 +358,8 @@ class OllamaWire(Wire):
 
     @staticmethod
     def parse(body: JSON, config: DeploymentConfig) -> Plan:
-        messages = body.get("messages") or []
-        tools = body.get("tools") or []
-        tool_name = None
-        if tools and body.get("tool_choice") != "none":
-            tool_name = str(tools[0].get("function", {}).get("name", "tool"))
         options = body.get("options") or {}
-        return make_plan(
-            body,
-            config,
-            prompt_words=sum(count_words(m.get("content")) for m in messages if isinstance(m, dict)),
-            limit=options.get("num_predict"),
-            tool_name=tool_name,
-            include_usage=True,
-        )
+        return make_plan(body, config, limit=options.get("num_predict"), include_usage=True)
 
     def line(self, message: JSON, done: bool) -> JSON:
         return {"model": self.plan.model, "created_at": self.created_at, "message": message, "done": done}
@@ -641,16 +578,11 @@ class FakeProvider:
 
     async def _ollama_show(self, request: web.Request) -> web.Response:
         self._count_other(request)
-        return web.json_response(
-            {
-                "modelfile": "",
-                "parameters": "",
-                "template": "{{ if .Tools }}tools{{ end }}{{ .Prompt }}",
-                "details": {"format": "gguf", "family": "fake", "parameter_size": "1B"},
-                "model_info": {"general.architecture": "fake", "fake.context_length": 32768},
-                "capabilities": ["completion", "tools"],
-            }
-        )
+        # Minimal /api/show: LiteLLM reads "template" (tool support) and "*context_length*".
+        info = {"general.architecture": "fake", "fake.context_length": 32768}
+        template = "{{ if .Tools }}tools{{ end }}{{ .Prompt }}"
+        show = {"template": template, "model_info": info, "capabilities": ["completion", "tools"]}
+        return web.json_response({**show, "modelfile": "", "parameters": "", "details": {"family": "fake"}})
 
     async def _ollama_tags(self, request: web.Request) -> web.Response:
         self._count_other(request)
