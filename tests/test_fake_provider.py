@@ -1,4 +1,4 @@
-"""The fake api, verified end to end through real LiteLLM calls (no mocks)."""
+"""The fake provider, verified end to end through real LiteLLM calls (no mocks)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from llm_pool.testing.fake_provider import FakeProvider, FakeProviderThread, sta
 
 litellm.suppress_debug_info = True
 
+# Parametrised as "api", not "provider": conftest.py owns a session fixture named "provider".
 PROVIDERS = ("openai", "anthropic", "ollama")
 # Unknown model names are fine; a known Anthropic name only avoids LiteLLM's "Provider List" print.
 MODELS = {
@@ -57,15 +58,13 @@ TOOLS = [
 TOOL_CALL_ID = {"openai": "call_fake_0", "anthropic": "toolu_fake_0", "ollama": "call_fake_0"}
 STREAM: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
 
-pytestmark = pytest.mark.asyncio
-
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeProvider]:
     # Own loop in a thread: LiteLLM makes a blocking call to Ollama's /api/show from
     # its logging on the caller's loop, which would deadlock a same-loop server.
-    with FakeProviderThread() as api:
-        yield api
+    with FakeProviderThread() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -303,12 +302,12 @@ def test_api_bases(fake: FakeProvider) -> None:
 
 
 async def test_same_loop_server() -> None:
-    api = await start_fake_provider()
+    server = await start_fake_provider()
     try:
-        text, _, usage = await collect(await complete(api, "openai", "local", **STREAM))
+        text, _, usage = await collect(await complete(server, "openai", "local", **STREAM))
         assert text == TEXT and usage.completion_tokens == 8
     finally:
-        await api.close()
+        await server.close()
 
 
 def test_cli_entry_point() -> None:

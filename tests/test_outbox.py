@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -38,9 +39,11 @@ async def test_chunks_then_reply_then_final_event_in_order(fake: Redis) -> None:
     outbox.start()
     for i in range(50):
         outbox.publish("p:stream:r1", json.dumps({"type": "chunk", "seq": i}).encode())
-    ledger = LedgerEntry("p:usage:t:2026-01-01", prompt_tokens=3, completion_tokens=8, cost_usd=0.25, ttl_s=100)
+    ledger = LedgerEntry(
+        "p:usage:t:2026-01-01", prompt_tokens=3, completion_tokens=8, cost_usd=0.25, ttl_s=100
+    )
     assert await outbox.finish(final(ledger)) is True
-    received = []
+    received: list[dict[str, Any]] = []
     while len(received) < 51:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         if message is not None:
@@ -49,7 +52,7 @@ async def test_chunks_then_reply_then_final_event_in_order(fake: Redis) -> None:
     assert received[-1] == {"type": "done"}
     assert await fake.get("p:reply:r1") == b'{"status":"ok"}'
     assert 0 < await fake.ttl("p:reply:r1") <= 60
-    ledger_hash = await fake.hgetall("p:usage:t:2026-01-01")
+    ledger_hash = await cast(Awaitable[dict[bytes, bytes]], fake.hgetall("p:usage:t:2026-01-01"))
     assert ledger_hash == {
         b"requests": b"1",
         b"prompt_tokens": b"3",
@@ -69,5 +72,5 @@ async def test_second_final_for_the_same_request_changes_nothing(fake: Redis) ->
     )
     assert (first, second) == (True, False)
     assert await fake.get("p:reply:r1") == b'{"n":1}'
-    assert await fake.hget("p:usage:t:d", "requests") == b"1"
+    assert await cast(Awaitable[bytes | None], fake.hget("p:usage:t:d", "requests")) == b"1"
     await outbox.close()

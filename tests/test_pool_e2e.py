@@ -331,3 +331,27 @@ async def test_cancel_running_stream(pool: Pool, client: LLMPool, aredis: aiored
     reply = await client.reply(request_id)
     assert isinstance(reply, ErrorReply) and reply.error.code == ErrorCode.CANCELLED
     assert 0 < len([e for e in events if e["type"] == "chunk"]) < 200
+
+
+async def test_stream_dropped_mid_way_resets_and_resumes_on_fallback(pool: Pool) -> None:
+    for _, provider, _ in DEPLOYMENTS:
+        pool.provider.configure(f"quality-{provider}", fault="drop", drop_after=3)
+    reply, events = await run_plain(pool, "complete_stream", request(model="quality"))
+    assert reply["status"] == "ok", reply
+    kinds = [e["type"] for e in events]
+    assert kinds == ["chunk"] * 3 + ["reset"] + ["chunk"] * 8 + ["done"], kinds
+    reset = events[3]
+    assert reset == {"type": "reset", "request_id": reply["request_id"], "attempt": 2}
+    after_reset = [e for e in events[4:] if e["type"] == "chunk"]
+    assert [e["seq"] for e in after_reset] == list(range(8))
+    assert "".join(e["text"] for e in after_reset) == reply["content"] == EXPECTED_TEXT
+    assert reply["attempt"] == 2 and reply["fallback"] is True and reply["served_by"] in FAST_MODELS
+
+
+@pytest.mark.parametrize("function", ["complete", "complete_stream"])
+async def test_hanging_provider_times_out_and_falls_back(pool: Pool, function: str) -> None:
+    fail_group(pool, "quality", "hang")
+    reply, _ = await run_plain(pool, function, request(model="quality"))
+    assert reply["status"] == "ok" and reply["fallback"] is True, reply
+    # The hung deployment held the request no longer than its timeout (3 s in the test settings).
+    assert reply["latency_ms"] < 3000 + 2000

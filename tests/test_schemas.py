@@ -57,10 +57,10 @@ def test_invalid_requests_name_the_field(payload: dict[str, Any], where: str) ->
 
 
 def test_validation_messages_never_echo_values() -> None:
-    secret = "my-secret-prompt"
+    prompt = "my-private-prompt"
     with pytest.raises(ValidationError) as info:
-        CompletionRequest.model_validate(valid(messages=[{"role": "wizard", "content": secret}]))
-    assert secret not in describe_validation_error(info.value)
+        CompletionRequest.model_validate(valid(messages=[{"role": "wizard", "content": prompt}]))
+    assert prompt not in describe_validation_error(info.value)
 
 
 def test_decode_job_accepts_plain_arq_json() -> None:

@@ -109,7 +109,7 @@ def settings_toml(
         "log_format": "json",
         **(worker or {}),
     }
-    router_section = {"num_retries": 0, "cooldown_time_s": 0, "timeout_s": 10, "stream_timeout_s": 10}
+    router_section = {"num_retries": 0, "cooldown_time_s": 0, "timeout_s": 3, "stream_timeout_s": 3}
     router_section.update(router or {})
 
     def table(values: dict[str, Any]) -> str:
