@@ -149,12 +149,8 @@ class LLMPool:
     ) -> Reply:
         """Block until the request's final event, then return its reply."""
         budget = timeout_s if timeout_s is not None else self._wait_budget_s(None)
-        async for _ in self._events(request_id, channel or self.keys.stream(request_id), budget, None):
-            pass
-        reply = await self.reply(request_id)
-        if reply is None:
-            raise ReplyTimeout(f"request {request_id}: final event seen but the reply key is gone")
-        return reply
+        channel = channel or self.keys.stream(request_id)
+        return await self._reply_after(request_id, self._events(request_id, channel, budget, None))
 
     async def complete(
         self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
@@ -163,6 +159,9 @@ class LLMPool:
         request_id, request = self.build_request(model, messages, tenant_id, **options)
         channel = self.channel_of(request_id, request)
         events = self._events(request_id, channel, self._wait_budget_s(request), (request, False))
+        return await self._reply_after(request_id, events)
+
+    async def _reply_after(self, request_id: str, events: AsyncIterator[Event]) -> Reply:
         async for _ in events:
             pass
         reply = await self.reply(request_id)
