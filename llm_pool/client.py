@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, TypedDict
 
-from arq.connections import ArqRedis
 from pydantic import ValidationError
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 from typing_extensions import Unpack
 
+from llm_pool.enqueue import Enqueuer
 from llm_pool.keys import Keys
 from llm_pool.multiplexer import Multiplexer
 from llm_pool.schemas import (
@@ -34,7 +34,6 @@ from llm_pool.schemas import (
     parse_event,
     parse_reply,
 )
-from llm_pool.serialization import json_dumps, json_loads
 from llm_pool.settings import Settings, load_settings
 
 Reply = OkReply | ErrorReply
@@ -72,13 +71,9 @@ class LLMPool:
         self._settings = settings or load_settings()
         self.keys = Keys(self._settings.redis.key_prefix)
         url = redis_url or self._settings.redis.url
-        self._redis = ArqRedis(
-            ConnectionPool.from_url(url),
-            job_serializer=json_dumps,
-            job_deserializer=json_loads,
-            default_queue_name=self.keys.queue,
-        )
+        self._redis: Redis = Redis(connection_pool=ConnectionPool.from_url(url))
         self._mux = Multiplexer(self._redis)
+        self._enqueuer = Enqueuer(self._redis, self.keys)
 
     async def __aenter__(self) -> LLMPool:
         return self
@@ -111,13 +106,14 @@ class LLMPool:
     def channel_of(self, request_id: str, request: CompletionRequest) -> str:
         return request.channel or self.keys.stream(request_id)
 
-    async def _enqueue(self, request_id: str, request: CompletionRequest, stream: bool) -> None:
-        await self._redis.enqueue_job(
+    async def _enqueue(self, request_id: str, request: CompletionRequest, stream: bool) -> Reply | None:
+        """Enqueue (a no-op if the id is known); the reply if the request had already finished."""
+        existing = await self._enqueuer.enqueue(
             "complete_stream" if stream else "complete",
+            request_id,
             request.model_dump(mode="json", exclude_none=True),
-            _job_id=request_id,
-            _queue_name=self.keys.queue,
         )
+        return parse_reply(existing) if existing is not None else None
 
     async def submit(
         self,
@@ -187,12 +183,13 @@ class LLMPool:
     ) -> AsyncIterator[Event]:
         deadline = time.monotonic() + budget_s
         async with self._mux.subscribe(channel) as queue:
-            existing = await self.reply(request_id)
+            if enqueue is not None:
+                existing = await self._enqueue(request_id, enqueue[0], enqueue[1])
+            else:
+                existing = await self.reply(request_id)
             if existing is not None:
                 yield final_event(existing)
                 return
-            if enqueue is not None:
-                await self._enqueue(request_id, enqueue[0], enqueue[1])
             while True:
                 remaining = deadline - time.monotonic()
                 try:

@@ -16,6 +16,11 @@ class Keys:
     def queue(self) -> str:
         return f"{self.prefix}:queue"
 
+    @property
+    def wake(self) -> str:
+        """Channel on which callers announce new jobs, so idle workers need not poll."""
+        return f"{self.prefix}:wake"
+
     def reply(self, request_id: str) -> str:
         return f"{self.prefix}:reply:{request_id}"
 

@@ -48,6 +48,8 @@ class WorkerSection(_Section):
     reply_ttl_s: int = Field(default=3600, ge=1)
     default_timeout_s: float = Field(default=120.0, gt=0)
     poll_delay_s: float = Field(default=0.5, gt=0)
+    pickup_batch: int = Field(default=20, ge=1)
+    max_loop_lag_ms: float = Field(default=50.0, gt=0)
     ledger_ttl_days: int = Field(default=400, ge=1)
     max_timeout_s: float = Field(default=600.0, gt=0)
     resume_partial_streams: bool = True

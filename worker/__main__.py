@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from arq.worker import run_worker
-
 from llm_pool.logging import configure_logging, get_logger
 from llm_pool.settings import SettingsError, load_settings
 
@@ -17,10 +15,10 @@ def main() -> int:
         print(f"llm-pool worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.worker.log_format, settings.worker.log_level)
-    from worker.settings import worker_settings  # imports LiteLLM (seconds); after logging is set up
+    from worker.settings import create_pool_worker  # imports LiteLLM (seconds); after logging is set up
 
     get_logger("worker").info("worker_starting", queue=settings.queue_name)
-    run_worker(worker_settings(settings))
+    create_pool_worker(settings).run()
     return 0
 
 

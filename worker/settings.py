@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from arq.connections import RedisSettings
+from arq.worker import get_kwargs
 
+from llm_pool.keys import Keys
 from llm_pool.serialization import decode_job, json_dumps
 from llm_pool.settings import Settings, load_settings
 from worker.jobs import complete, complete_stream
 from worker.lifecycle import make_hooks
+from worker.loop import PoolWorker
 
 
 def worker_settings(settings: Settings) -> type:
@@ -28,6 +31,7 @@ def worker_settings(settings: Settings) -> type:
         "job_deserializer": decode_job,
         "max_jobs": settings.worker.max_jobs,
         "poll_delay": settings.worker.poll_delay_s,
+        "queue_read_limit": settings.worker.pickup_batch,
         # Deadlines are enforced per request; arq's own timeout is only the outer bound.
         "job_timeout": settings.worker.max_timeout_s + 30,
         "keep_result": settings.worker.reply_ttl_s,
@@ -38,6 +42,15 @@ def worker_settings(settings: Settings) -> type:
         "health_check_key": f"{settings.redis.key_prefix}:arq-health-check",
     }
     return type("WorkerSettings", (), attributes)
+
+
+def create_pool_worker(settings: Settings) -> PoolWorker:
+    """The worker ``python -m worker`` runs: arq's, woken by ``P:wake`` and load-aware."""
+    return PoolWorker(
+        **get_kwargs(worker_settings(settings)),
+        wake_channel=Keys(settings.redis.key_prefix).wake,
+        max_loop_lag_s=settings.worker.max_loop_lag_ms / 1000,
+    )
 
 
 WorkerSettings = worker_settings(load_settings())

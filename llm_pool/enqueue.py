@@ -1,0 +1,57 @@
+"""Enqueueing in one round trip, in arq's own format, with a wake-up for idle workers.
+
+``enqueue_job`` writes exactly what ``ArqRedis.enqueue_job`` writes (``arq:job:{id}`` with the
+JSON envelope, a score in the queue's sorted set, arq's dedupe on the job and result keys), but as
+one Lua script that also returns the reply if the request had already finished, and publishes the
+request id on ``P:wake`` so that workers blocked on that channel start it at once instead of at
+their next poll.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from llm_pool.keys import Keys
+from llm_pool.serialization import json_dumps
+
+JOB_KEY_PREFIX = "arq:job:"
+RESULT_KEY_PREFIX = "arq:result:"
+# arq's default: a job that has not started within a day is dropped.
+JOB_EXPIRES_MS = 86_400_000
+
+# KEYS: job key, arq result key, queue, reply key.
+# ARGV: envelope, job id, score, expiry (ms), wake channel.
+# Returns the reply if there is one already, 0 if the job exists (arq's dedupe), 1 if enqueued.
+ENQUEUE_LUA = """
+local reply = redis.call('GET', KEYS[4])
+if reply then return reply end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[2])
+return 1
+"""
+
+
+class Enqueuer:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._keys = keys
+        self._script = redis.register_script(ENQUEUE_LUA)
+
+    async def enqueue(self, function: str, request_id: str, argument: dict[str, Any]) -> bytes | None:
+        """Enqueue ``function(argument)`` as job ``request_id``; the existing reply if it had one."""
+        now_ms = int(time.time() * 1000)
+        envelope = json_dumps({"t": None, "f": function, "a": [argument], "k": {}, "et": now_ms})
+        result = await self._script(
+            keys=[
+                JOB_KEY_PREFIX + request_id,
+                RESULT_KEY_PREFIX + request_id,
+                self._keys.queue,
+                self._keys.reply(request_id),
+            ],
+            args=[envelope, request_id, now_ms, JOB_EXPIRES_MS, self._keys.wake],
+        )
+        return result if isinstance(result, bytes) else None
