@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint redis bench clean
+.PHONY: setup run test lint redis bench bench-quick clean
 
 $(STAMP): requirements.lock constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench: setup redis
+	$(BIN)/python -m bench.run
+
+bench-quick: setup redis
+	$(BIN)/python -m bench.run --quick --output /tmp/llm-pool-BENCHMARKS-quick.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -221,6 +221,9 @@ class Execution:
                         channel, ChunkEvent(text=piece.text, request_id=self._job.request_id, seq=seq)
                     )
                     seq += 1
+                    # A provider that sends faster than we parse never makes the iteration wait,
+                    # so yield explicitly: otherwise one stream could starve every other job.
+                    await asyncio.sleep(0)
                 return call.result()
             except ProvidersUnavailable as exc:
                 settings = state.settings.worker

@@ -38,6 +38,7 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
         heartbeat = HeartbeatTask(
             redis, keys.heartbeat(worker_id), settings.worker.heartbeat_interval_s, state.heartbeat
         )
+        await router.warm_up()
         outbox.start()
         cancels.start()
         await heartbeat.beat()

@@ -84,8 +84,10 @@ class PoolWorker(Worker):
                 await self._poll_iteration()
                 if self.allow_pick_jobs and len(self.tasks) - running_before >= self.queue_read_limit:
                     continue  # took a full batch: there may be more
+                # While saturated, look again soon: the lag may pass before anyone wakes us.
+                wait_s = self.poll_delay_s if self.allow_pick_jobs else min(self.poll_delay_s, 0.05)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
                 self._wake.clear()
         finally:
             await cancel_and_wait(self._wake_reader)

@@ -100,6 +100,7 @@ def settings_toml(
     redis_url: str = "redis://127.0.0.1:6379/0",
     worker: dict[str, Any] | None = None,
     router: dict[str, Any] | None = None,
+    deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
 ) -> str:
     """A settings file for a pool whose every deployment is the fake provider."""
     worker_section = {
@@ -120,7 +121,7 @@ def settings_toml(
         f"[worker]\n{table(worker_section)}",
         f'[router]\n{table(router_section)}\nfallbacks = {{ quality = ["fast"], fast = ["quality"] }}',
     ]
-    for group, kind, model in DEPLOYMENTS:
+    for group, kind, model in deployments:
         entry = {"model": model, "api_base": provider.api_base(f"{group}-{kind}", kind)}
         if kind in API_KEY_ENV:
             entry["api_key_env"] = API_KEY_ENV[kind]

@@ -1,0 +1,634 @@
+"""The benchmark suite of issue 3: ``python -m bench.run [--quick]`` (``make bench``).
+
+Everything is measured in one run, side by side, on this machine: the pool (real worker processes
+started with the Procfile's command, real Redis, the fake provider over HTTP through LiteLLM's
+Router) against plain arq and against LiteLLM used in-process. Results go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from llm_pool.client import LLMPool
+from llm_pool.keys import Keys
+from llm_pool.schemas import ChunkEvent, Heartbeat, OkReply
+from llm_pool.settings import load_settings
+from llm_pool.testing.cluster import ROOT, FakeProviderProcess, WorkerProcess, settings_toml, worker_env
+
+REDIS_URL = os.environ.get("LLM_POOL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+# One OpenAI-protocol deployment per group, so every sample takes the same path.
+BENCH_DEPLOYMENTS = (
+    ("quality", "openai", "openai/gpt-4.1"),
+    ("fast", "openai", "openai/gpt-4.1-mini"),
+)
+SECRETS = {"OPENAI_API_KEY": "sk-bench-not-a-key", "ANTHROPIC_API_KEY": "sk-ant-bench-not-a-key"}
+T = TypeVar("T")
+WORKER_OVERRIDES: dict[str, Any] = json.loads(os.environ.get("LLM_POOL_BENCH_WORKER", "{}"))
+
+
+def say(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class Results:
+    quick: bool
+    rows: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, section: str, metric: str, value: str, verdict: str = "") -> None:
+        self.rows.setdefault(section, []).append((metric, value, verdict))
+        say(f"  {metric}: {value} {verdict}")
+
+    def note(self, section: str, text: str) -> None:
+        self.notes.setdefault(section, []).append(text)
+
+
+class Bench:
+    """A pool on this machine: the fake provider, a settings file, worker processes."""
+
+    def __init__(self, tmp: Path, results: Results) -> None:
+        self.tmp = tmp
+        self.results = results
+        self.provider = FakeProviderProcess()
+        self.prefix = f"bench{uuid.uuid4().hex[:8]}"
+        self.keys = Keys(self.prefix)
+        self.settings_path = tmp / "settings.toml"
+        self.settings_path.write_text(
+            settings_toml(
+                self.provider,
+                self.prefix,
+                REDIS_URL,
+                worker={
+                    "log_level": "WARNING",
+                    "heartbeat_interval_s": 1,
+                    "poll_delay_s": 0.5,
+                    **WORKER_OVERRIDES,
+                },
+                router={"num_retries": 0, "timeout_s": 60, "stream_timeout_s": 60},
+                deployments=BENCH_DEPLOYMENTS,
+            )
+        )
+        self.settings = load_settings(self.settings_path, environ={})
+        self.env = worker_env(self.settings_path, SECRETS)
+        self.workers: list[WorkerProcess] = []
+
+    def configure(self, **config: Any) -> None:
+        for group, kind, _ in BENCH_DEPLOYMENTS:
+            self.provider.configure(f"{group}-{kind}", **config)
+
+    def start_workers(self, count: int) -> list[WorkerProcess]:
+        started = [WorkerProcess(f"bw-{uuid.uuid4().hex[:6]}", self.env, self.tmp) for _ in range(count)]
+        for worker in started:
+            worker.wait_ready(REDIS_URL, self.keys.heartbeat(worker.worker_id), timeout_s=120)
+        self.workers += started
+        return started
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def client(self) -> LLMPool:
+        return LLMPool(self.settings, redis_url=REDIS_URL)
+
+    def direct(self, *args: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.direct", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    def close(self) -> None:
+        self.stop_workers()
+        self.provider.stop()
+
+
+async def heartbeats(keys: Keys) -> list[Heartbeat]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        names = [n async for n in client.scan_iter(match=keys.heartbeat_pattern)]
+        values = await client.mget(names) if names else []
+        return [Heartbeat.model_validate_json(v) for v in values if v]
+    finally:
+        await client.aclose()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def timed(n: int, call: Callable[[], Awaitable[T]]) -> list[float]:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+# --- 1. round trip -------------------------------------------------------------------------------
+
+
+async def arq_round_trip(bench: Bench, poll_delay: float, samples: int) -> list[float]:
+    queue = f"{bench.prefix}:arq-baseline-{poll_delay}"
+    process = subprocess.Popen(  # noqa: ASYNC220 (starting a process does not block)
+        [sys.executable, "-m", "bench.arq_noop", queue, str(poll_delay), REDIS_URL],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    arq: ArqRedis = await create_pool(
+        RedisSettings.from_dsn(REDIS_URL),
+        job_serializer=lambda o: json.dumps(o).encode(),
+        job_deserializer=json.loads,
+        default_queue_name=queue,
+    )
+    try:
+        await asyncio.sleep(1.5)  # the worker starts
+
+        async def one() -> None:
+            job = await arq.enqueue_job("noop")
+            assert job is not None
+            await job.result(timeout=30, poll_delay=poll_delay)
+
+        await one()
+        return await timed(samples, one)
+    finally:
+        await arq.aclose()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def round_trip(bench: Bench) -> None:
+    quick = bench.results.quick
+    section = "1. Round trip of a 1-token complete"
+    say(section)
+    bench.configure(tokens=1)
+    [worker] = bench.start_workers(1)
+    runs = 1 if quick else 3
+    p50s: list[float] = []
+    overhead: list[float] = []
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+
+        async def pool_call() -> None:
+            reply = await client.complete("fast", [{"role": "user", "content": "hi"}], tenant)
+            assert isinstance(reply, OkReply), reply
+
+        async def rejected_call() -> None:
+            # An unknown group is answered by the worker without LiteLLM: the pool's own cost.
+            await client.complete("no-such-group", [{"role": "user", "content": "hi"}], tenant)
+
+        await timed(20, pool_call)
+        for run in range(runs):
+            samples = await timed(30 if quick else 200, pool_call)
+            p50s.append(pct(samples, 50))
+            overhead += await timed(30 if quick else 200, rejected_call)
+            say(f"  pool run {run + 1}/{runs}: p50 {p50s[-1]:.2f} ms, p99 {pct(samples, 99):.2f} ms")
+    bench.stop_workers()
+    say("  plain arq, default poll_delay 0.5 s (a no-op job)")
+    arq_default = await arq_round_trip(bench, 0.5, 6 if quick else 30)
+    say("  plain arq, poll_delay 0.01 s")
+    arq_fast = await arq_round_trip(bench, 0.01, 20 if quick else 100)
+    pool_p50 = statistics.median(p50s)
+    r = bench.results
+    r.add(
+        section,
+        "LLMPool.complete, 1 token, p50 (median of runs)",
+        f"{pool_p50:.2f} ms",
+        "met" if pool_p50 <= 2 else "NOT met (target 2 ms)",
+    )
+    r.add(
+        section,
+        "pool overhead without LiteLLM (request rejected by the worker), p50",
+        f"{pct(overhead, 50):.2f} ms (p99 {pct(overhead, 99):.2f} ms)",
+    )
+    r.add(section, "plain arq default, no-op job, p50", f"{pct(arq_default, 50):.1f} ms")
+    r.add(section, "plain arq poll_delay=0.01, no-op job, p50", f"{pct(arq_fast, 50):.1f} ms")
+    speedup_default = pct(arq_default, 50) / pool_p50
+    speedup_fast = pct(arq_fast, 50) / pool_p50
+    r.add(
+        section,
+        "speed-up vs arq default",
+        f"{speedup_default:.0f}x",
+        "met" if speedup_default >= 100 else "NOT met (100x)",
+    )
+    r.add(
+        section,
+        "speed-up vs arq poll 0.01",
+        f"{speedup_fast:.1f}x",
+        "met" if speedup_fast >= 5 else "NOT met (5x)",
+    )
+    r.add(section, "pool overhead vs arq poll 0.01", f"{pct(arq_fast, 50) / pct(overhead, 50):.1f}x faster")
+    assert worker.pid
+
+
+# --- 2. time to first token ------------------------------------------------------------------------
+
+
+async def pool_ttft(bench: Bench, streams: int, rounds: int) -> list[float]:
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+
+        async def one() -> float:
+            started = time.perf_counter()
+            first = 0.0
+            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
+                if isinstance(event, ChunkEvent) and not first:
+                    first = time.perf_counter() - started
+            return first * 1000
+
+        await asyncio.gather(*[one() for _ in range(min(streams, 5))])
+        samples: list[float] = []
+        for _ in range(rounds):
+            samples += await asyncio.gather(*[one() for _ in range(streams)])
+        return samples
+
+
+async def ttft(bench: Bench) -> None:
+    quick = bench.results.quick
+    section = "2. Time to first token, pool subscriber minus in-process Router"
+    say(section)
+    bench.configure(tokens=5 if quick else 10, token_delay_ms=20)
+    bench.start_workers(1)
+    for streams in (1, 100):
+        rounds = (3 if quick else 20) if streams == 1 else (1 if quick else 3)
+        if quick and streams == 100:
+            streams = 20
+        say(f"  {streams} concurrent stream(s), 20 ms per token")
+        direct = bench.direct("ttft", str(streams), str(rounds))["ttft_ms"]
+        pooled = await pool_ttft(bench, streams, rounds)
+        d50, d99 = pct(pooled, 50) - pct(direct, 50), pct(pooled, 99) - pct(direct, 99)
+        bench.results.add(
+            section,
+            f"{streams} streams: TTFT direct p50/p99",
+            f"{pct(direct, 50):.2f} / {pct(direct, 99):.2f} ms",
+        )
+        bench.results.add(
+            section,
+            f"{streams} streams: TTFT pool p50/p99",
+            f"{pct(pooled, 50):.2f} / {pct(pooled, 99):.2f} ms",
+        )
+        bench.results.add(
+            section,
+            f"{streams} streams: pool minus direct, p50 / p99",
+            f"{d50:.2f} / {d99:.2f} ms",
+            "met" if d50 <= 2 and d99 <= 5 else "NOT met (2 ms / 5 ms)",
+        )
+    bench.stop_workers()
+
+
+# --- 3. throughput ---------------------------------------------------------------------------------
+
+
+async def delivered(bench: Bench, streams: int) -> dict[str, float]:
+    """Enqueue ``streams`` streams at once and count the chunks subscribers receive."""
+    listener = aioredis.Redis.from_url(REDIS_URL)
+    pubsub = listener.pubsub()
+    await pubsub.psubscribe(f"{bench.prefix}:stream:*")
+    while (await pubsub.get_message(timeout=1)) is None:
+        pass
+    chunks = finals = 0
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+        started = time.perf_counter()
+        await asyncio.gather(
+            *[
+                client.submit("fast", [{"role": "user", "content": "hi"}], tenant, stream=True)
+                for _ in range(streams)
+            ]
+        )
+        while finals < streams:
+            message = await pubsub.get_message(timeout=60)
+            if message is None:
+                break
+            data = message["data"]
+            if b'"type":"chunk"' in data:
+                chunks += 1
+            elif b'"type":"done"' in data or b'"type":"error"' in data:
+                finals += 1
+        elapsed = time.perf_counter() - started
+    await pubsub.aclose()
+    await listener.aclose()
+    return {"chunks": chunks, "finals": finals, "seconds": elapsed, "chunks_per_s": chunks / elapsed}
+
+
+async def throughput(bench: Bench) -> None:
+    quick = bench.results.quick
+    streams, tokens = (20, 100) if quick else (200, 500)
+    section = f"3. Throughput: {streams} concurrent streams of {tokens} tokens, zero-delay provider"
+    say(section)
+    bench.configure(tokens=tokens)
+    say("  ceiling: one process consuming the same streams through the Router, no Redis")
+    ceiling = bench.direct("ceiling", str(streams))
+    bench.results.add(section, "LiteLLM ceiling, one process", f"{ceiling['chunks_per_s']:.0f} chunks/s")
+    for count in (1, 2):
+        say(f"  {count} worker process(es)")
+        bench.start_workers(count)
+        result = await delivered(bench, streams)
+        bench.stop_workers()
+        complete = result["chunks"] == streams * tokens and result["finals"] == streams
+        bench.results.add(
+            section,
+            f"{count} worker(s): chunks/s delivered to subscribers",
+            f"{result['chunks_per_s']:.0f} ({result['chunks']:.0f} chunks, {result['seconds']:.1f} s"
+            f"{'' if complete else ', INCOMPLETE'})",
+        )
+        if count == 1:
+            one = result["chunks_per_s"]
+            share = one / ceiling["chunks_per_s"]
+            bench.results.add(
+                section, "1 worker / ceiling", f"{share:.0%}", "met" if share >= 0.9 else "NOT met (90%)"
+            )
+            bench.results.add(
+                section,
+                "1 worker, absolute",
+                f"{one:.0f} chunks/s",
+                "met" if one >= 3000 else "NOT met (3,000 chunks/s)",
+            )
+        else:
+            scale = result["chunks_per_s"] / one
+            bench.results.add(
+                section, "2 workers / 1 worker", f"{scale:.2f}x", "met" if scale >= 1.7 else "NOT met (1.7x)"
+            )
+    bench.results.note(
+        section,
+        "The machine has 2 cores shared by the worker(s), the fake provider, Redis and the "
+        "subscriber; two workers cannot get two free cores here.",
+    )
+
+
+# --- 4. overload -----------------------------------------------------------------------------------
+
+
+async def overload(bench: Bench) -> None:
+    quick = bench.results.quick
+    streams = 40 if quick else 400
+    section = f"4. Overload: 2 workers, {streams} concurrent streams at 20 ms per token"
+    say(section)
+    bench.configure(tokens=25, token_delay_ms=20)
+    bench.start_workers(2)
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+
+        async def one(index: int) -> tuple[int, float]:
+            started = time.perf_counter()
+            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
+                if isinstance(event, ChunkEvent):
+                    return index, (time.perf_counter() - started) * 1000
+            return index, float("nan")
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*[one(i) for i in range(streams)])
+        total = time.perf_counter() - started
+    bench.stop_workers()
+    ttfts = [t for _, t in sorted(results)]
+    last = ttfts[-max(1, streams // 10) :]
+    bench.results.add(section, "TTFT p50 / p99, all", f"{pct(ttfts, 50):.0f} / {pct(ttfts, 99):.0f} ms")
+    bench.results.add(
+        section,
+        "TTFT p99 of the last-enqueued 10%",
+        f"{pct(last, 99):.0f} ms",
+        "met" if pct(last, 99) < 1000 else "NOT met (1 s)",
+    )
+    bench.results.add(section, "wall time for all streams", f"{total:.1f} s")
+
+
+# --- 5. idle cost ----------------------------------------------------------------------------------
+
+
+async def command_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values() if isinstance(v, dict))
+
+
+async def idle(bench: Bench) -> None:
+    quick = bench.results.quick
+    window = 5 if quick else 30
+    section = "5. Idle cost"
+    say(f"{section}: one idle worker for {window} s")
+    bench.start_workers(1)
+    await asyncio.sleep(2)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    before = await command_calls(client)
+    await asyncio.sleep(window)
+    after = await command_calls(client)
+    await client.aclose()
+    per_s = (after - before - 1) / window
+    bench.results.add(
+        section,
+        "Redis commands per second, idle worker",
+        f"{per_s:.1f}",
+        "met" if per_s <= 5 else "NOT met (5/s)",
+    )
+    async with bench.client() as pool_client:
+        tenant = str(uuid.uuid4())
+
+        async def rejected() -> None:
+            await pool_client.complete("no-such-group", [{"role": "user", "content": "hi"}], tenant)
+
+        samples = []
+        for _ in range(10 if quick else 30):
+            await asyncio.sleep(0.7)  # let the worker go idle, blocked on the wake channel
+            samples += await timed(1, rejected)
+    bench.results.add(
+        section,
+        "enqueue -> worker -> reply of an idle worker, p50 / max",
+        f"{pct(samples, 50):.2f} / {max(samples):.2f} ms",
+        "met" if pct(samples, 50) <= 2 else "NOT met (2 ms)",
+    )
+    bench.stop_workers()
+
+
+# --- 6. memory -------------------------------------------------------------------------------------
+
+
+async def memory(bench: Bench) -> None:
+    quick = bench.results.quick
+    streams = 50 if quick else 200
+    section = "6. Memory"
+    say(f"{section}: RSS with {streams} running streams")
+    bench.configure(tokens=200, token_delay_ms=40)
+    [worker] = bench.start_workers(1)
+    await asyncio.sleep(1)
+    idle_kb = rss_kb(worker.pid)
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+        ids = [
+            await client.submit("fast", [{"role": "user", "content": "hi"}], tenant, stream=True)
+            for _ in range(streams)
+        ]
+        peak = idle_kb
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            beats = [b for b in await heartbeats(bench.keys) if b.worker_id == worker.worker_id]
+            peak = max(peak, rss_kb(worker.pid))
+            if beats and beats[0].jobs_running >= streams:
+                await asyncio.sleep(1)
+                peak = max(peak, rss_kb(worker.pid))
+                break
+        for request_id in ids:
+            await client.cancel(request_id)
+    bench.stop_workers()
+    per_stream = (peak - idle_kb) / streams
+    bench.results.add(section, "worker RSS idle", f"{idle_kb / 1024:.1f} MiB")
+    bench.results.add(section, f"worker RSS with {streams} running streams", f"{peak / 1024:.1f} MiB")
+    bench.results.add(
+        section,
+        "per running stream",
+        f"{per_stream:.0f} KB",
+        "met" if per_stream < 200 else "NOT met (200 KB)",
+    )
+
+
+# --- 7. start-up -----------------------------------------------------------------------------------
+
+
+def import_seconds(module: str) -> float:
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    return float(out.stdout.strip())
+
+
+async def startup(bench: Bench) -> None:
+    section = "7. Start-up"
+    say(section)
+    litellm_s = statistics.median(import_seconds("llm_pool.litellm_setup") for _ in range(3))
+    worker_s = statistics.median(import_seconds("worker.settings") for _ in range(3))
+    started = time.perf_counter()
+    bench.start_workers(1)
+    to_heartbeat = time.perf_counter() - started
+    bench.stop_workers()
+    ours = max(0.0, worker_s - litellm_s)
+    bench.results.add(section, "process start -> first heartbeat", f"{to_heartbeat:.2f} s")
+    bench.results.add(section, "importing litellm", f"{litellm_s:.2f} s")
+    bench.results.add(
+        section,
+        "importing the worker, LiteLLM excluded",
+        f"{ours:.2f} s",
+        "met" if ours <= 0.3 else "NOT met (0.3 s)",
+    )
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from llm_pool.litellm_setup import litellm
+
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True
+    ).stdout.split()
+    version = next((w for w in redis_version if w.startswith("v=")), "v=?")[2:]
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, Redis {version}, "
+        f"litellm {getattr(litellm, '__version__', '1.110.2')}"
+    )
+
+
+def write_report(results: Results, path: Path, seconds: float) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python -m bench.run{' --quick' if results.quick else ''}` on "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, in {seconds:.0f} s.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "All numbers come from one run, side by side. Timings on this 2-core machine are noisy: "
+        "compare ratios within a run.",
+        "",
+    ]
+    for section, rows in results.rows.items():
+        lines += [f"## {section}", "", "| metric | value | target |", "|---|---|---|"]
+        lines += [f"| {m} | {v} | {t} |" for m, v, t in rows]
+        lines += [""] + [f"{n}" for n in results.notes.get(section, [])] + [""]
+    path.write_text("\n".join(lines))
+
+
+SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "roundtrip": round_trip,
+    "ttft": ttft,
+    "throughput": throughput,
+    "overload": overload,
+    "idle": idle,
+    "memory": memory,
+    "startup": startup,
+}
+
+
+async def run(args: argparse.Namespace) -> Results:
+    results = Results(quick=args.quick)
+    with tempfile.TemporaryDirectory(prefix="llm-pool-bench-") as tmp:
+        bench = Bench(Path(tmp), results)
+        try:
+            for name in args.only or list(SECTIONS):
+                bench.provider.reset()
+                await SECTIONS[name](bench)
+        finally:
+            bench.close()
+            client = aioredis.Redis.from_url(REDIS_URL)
+            keys = [k async for k in client.scan_iter(match=f"{bench.prefix}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks the suite runs (CI)")
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = asyncio.run(run(args))
+    write_report(results, Path(args.output), time.perf_counter() - started)
+    say(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
