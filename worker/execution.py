@@ -120,6 +120,14 @@ class Execution:
         hints = _Hints.of(args)
         request: CompletionRequest | None = None
         try:
+            max_tries = self._state.settings.worker.max_tries
+            if self._job.attempt > max_tries:
+                # Every earlier run died with its worker (killed, out of memory...): stop here.
+                raise RequestFailed(
+                    ErrorCode.INTERNAL,
+                    f"the request was started {max_tries} times and its worker died each time; "
+                    "it is not retried again",
+                )
             request = parse_request(args, kwargs)
             self._log = self._log.bind(tenant_id=request.tenant_id, group=request.model)
             reply: OkReply | ErrorReply = await self._run(request)

@@ -1,16 +1,27 @@
-"""arq's worker with a push wake-up and load-aware admission.
+"""arq's worker with a push wake-up, atomic claims with short leases, and load-aware admission.
 
-arq polls its queue every ``poll_delay`` and has no way to be woken. ``PoolWorker`` keeps arq's job
-handling (claiming, retries, results: all arq's own code and key formats) and replaces only the
-outer loop: it blocks on the ``P:wake`` channel, which callers publish to when they enqueue, with the
-poll interval as a fallback for jobs enqueued by plain arq. It also stops taking jobs while its
-event loop lags (it is saturated), leaving them to less loaded workers.
+arq runs each job (``Worker.run_job``: retries, results, arq's key formats) and ``PoolWorker``
+keeps that. It replaces only how jobs are found and claimed, which in arq 0.28 has three problems
+for an interactive pool:
+
+- arq polls every ``poll_delay``; here the worker blocks on ``P:wake``, which callers publish to
+  when they enqueue, and polls only as a fallback for jobs enqueued by plain arq;
+- arq claims a job with a lock that lasts ``job_timeout`` + 10 s, so a killed worker's jobs wait
+  that long (310 s by default) to run again; here the lock is a lease of ``job_lease_s`` that the
+  worker renews while the job runs, so a dead worker's jobs run again within about a lease;
+- arq reads the head of the queue, running jobs included (they stay in the sorted set until they
+  finish), so a worker can see only jobs that are already running and starve new ones; here one Lua
+  script skips jobs that are claimed and claims the rest atomically (one round trip).
+
+The claim is arq's own protocol (``SET arq:in-progress:{id} NX``), so plain arq workers on the same
+queue cooperate. The worker also takes no new jobs while its event loop lags, or while draining.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from typing import Any
 
@@ -23,6 +34,26 @@ from llm_pool.logging import get_logger
 from llm_pool.tasks import cancel_and_wait
 
 log = get_logger("worker.loop")
+
+IN_PROGRESS_PREFIX = "arq:in-progress:"
+LOAD_BACKOFF_PER_JOB_S = 0.0005
+LOAD_BACKOFF_CAP_S = 0.01
+
+# KEYS[1]: queue. ARGV: now (ms), how many to claim, how many to look at, lease (ms).
+# Returns [job_id, score, job_id, score, ...] of the jobs this call claimed.
+CLAIM_LUA = """
+local seen = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local claimed = {}
+local want = tonumber(ARGV[2]) * 2
+for i = 1, #seen, 2 do
+  if redis.call('SET', 'arq:in-progress:' .. seen[i], '1', 'NX', 'PX', ARGV[4]) then
+    claimed[#claimed + 1] = seen[i]
+    claimed[#claimed + 1] = seen[i + 1]
+    if #claimed >= want then break end
+  end
+end
+return claimed
+"""
 
 
 class LagMonitor:
@@ -49,18 +80,41 @@ class LagMonitor:
 
 
 class PoolWorker(Worker):
-    def __init__(self, *, wake_channel: str, max_loop_lag_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        wake_channel: str,
+        max_loop_lag_s: float,
+        job_lease_s: float,
+        scan_limit: int = 2000,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self._grace_s = float(kwargs.get("job_completion_wait") or 0)
         self._wake_channel = wake_channel
         self._max_loop_lag_s = max_loop_lag_s
+        self._lease_ms = int(job_lease_s * 1000)
+        # arq's own claims (a plain arq worker) and retries use this as the lock's lifetime too.
+        self.in_progress_timeout_s = job_lease_s
+        self._scan_limit = scan_limit
         self._wake = asyncio.Event()
         self._lag = LagMonitor()
         self._pubsub: PubSub | None = None
-        self._wake_reader: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._redis_failing = False
+        self._claim: Any = None
 
     @property
     def loop_lag_s(self) -> float:
         return self._lag.lag_s
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """SIGTERM/SIGINT: take no new jobs, let running ones finish within the grace period;
+        arq then cancels what is left, and a cancelled job goes back to the queue."""
+        self._draining = True
+        log.info("worker_draining", running=len(self.tasks), grace_s=self._grace_s)
+        super().handle_sig_wait_for_completion(signum)
 
     async def main(self) -> None:
         if self._pool is None:
@@ -73,47 +127,106 @@ class PoolWorker(Worker):
             )
         self.ctx["redis"] = self.pool
         self.ctx["worker"] = self
+        self._claim = self.pool.register_script(CLAIM_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._lag.start()
-        await self._listen_for_wakeups()
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._read_wakeups(), name="wake"),
+            loop.create_task(self._renew_leases(), name="leases"),
+        ]
         try:
             while True:
-                self.allow_pick_jobs = self._lag.lag_s <= self._max_loop_lag_s
-                running_before = len(self.tasks)
-                await self._poll_iteration()
-                if self.allow_pick_jobs and len(self.tasks) - running_before >= self.queue_read_limit:
+                self.allow_pick_jobs = not self._draining and self._lag.lag_s <= self._max_loop_lag_s
+                claimed = await self._iteration()
+                if claimed >= self.queue_read_limit:
                     continue  # took a full batch: there may be more
-                # While saturated, look again soon: the lag may pass before anyone wakes us.
+                # While saturated or failing, look again soon: nobody may wake us.
                 wait_s = self.poll_delay_s if self.allow_pick_jobs else min(self.poll_delay_s, 0.05)
+                if self._redis_failing:
+                    wait_s = 1.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
                 self._wake.clear()
+                if self.job_counter:
+                    # Every worker is woken for a new job and the first claim wins: a busier
+                    # worker waits a little longer, so the least loaded one usually gets it.
+                    await asyncio.sleep(min(LOAD_BACKOFF_CAP_S, self.job_counter * LOAD_BACKOFF_PER_JOB_S))
         finally:
-            await cancel_and_wait(self._wake_reader)
+            for task in self._background:
+                await cancel_and_wait(task)
             if self._pubsub is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             await self._lag.stop()
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        await super().start_jobs(job_ids)
-        for job_id in job_ids:
-            task = self.tasks.get(job_id.decode())
-            if task is not None and not task.done():
-                # Runs after arq's own callback has freed the slot: look at the queue again.
-                task.add_done_callback(lambda _: self._wake.set())
+    async def _iteration(self) -> int:
+        """Claim and start what fits, reap finished jobs, run arq's periodic chores."""
+        claimed = 0
+        try:
+            if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+                free = self.max_jobs - self.job_counter
+                claimed = await self._claim_and_start(min(self.queue_read_limit, free))
+            await self.heart_beat()
+        except (RedisError, OSError) as exc:
+            if not self._redis_failing:
+                log.error("redis_unavailable", error=type(exc).__name__)
+                self._redis_failing = True
+        else:
+            if self._redis_failing:
+                log.info("redis_available_again")
+                self._redis_failing = False
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                if not task.cancelled() and task.exception() is not None:
+                    # arq could not record the job (Redis went away mid-way); its lease expires
+                    # and it runs again elsewhere.
+                    error = type(task.exception()).__name__
+                    log.warning("job_bookkeeping_failed", request_id=job_id, error=error)
+        return claimed
 
-    async def _listen_for_wakeups(self) -> None:
-        self._pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._wake_channel)
-        self._wake_reader = asyncio.get_running_loop().create_task(self._read_wakeups(), name="wake")
+    async def _claim_and_start(self, count: int) -> int:
+        now_ms = int(time.time() * 1000)
+        args = [now_ms, count, self._scan_limit, self._lease_ms]
+        flat = await self._claim(keys=[self.queue_name], args=args)
+        for raw_id, raw_score in zip(flat[::2], flat[1::2], strict=True):
+            job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(raw_score))))
+            task.add_done_callback(self._job_finished)
+            self.tasks[job_id] = task
+        return len(flat) // 2
+
+    def _job_finished(self, _: asyncio.Task[Any]) -> None:
+        self.job_counter -= 1
+        self.sem.release()
+        self._wake.set()  # a slot is free: look at the queue again
+
+    async def _renew_leases(self) -> None:
+        """Keep the claims of running jobs alive; a dead worker's claims lapse within a lease."""
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(IN_PROGRESS_PREFIX + job_id, self._lease_ms)
+                    await pipe.execute()
+            except (RedisError, OSError):
+                continue  # reported by the main loop; the next renewal tries again
 
     async def _read_wakeups(self) -> None:
-        assert self._pubsub is not None
         failing = False
         while True:
             try:
+                if self._pubsub is None:
+                    self._pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+                    await self._pubsub.subscribe(self._wake_channel)
                 message = await self._pubsub.get_message(timeout=30.0)
             except (RedisError, OSError) as exc:
                 if not failing:

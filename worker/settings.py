@@ -35,7 +35,10 @@ def worker_settings(settings: Settings) -> type:
         # Deadlines are enforced per request; arq's own timeout is only the outer bound.
         "job_timeout": settings.worker.max_timeout_s + 30,
         "keep_result": settings.worker.reply_ttl_s,
-        "max_tries": 3,
+        # Our job functions end a request after worker.max_tries runs with a reply; arq must
+        # never drop it silently first.
+        "max_tries": 1_000_000,
+        "job_completion_wait": int(settings.worker.drain_grace_s),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "log_results": False,
@@ -46,10 +49,12 @@ def worker_settings(settings: Settings) -> type:
 
 def create_pool_worker(settings: Settings) -> PoolWorker:
     """The worker ``python -m worker`` runs: arq's, woken by ``P:wake`` and load-aware."""
+    arq_kwargs: dict[str, Any] = dict(get_kwargs(worker_settings(settings)))
     return PoolWorker(
-        **get_kwargs(worker_settings(settings)),
+        **arq_kwargs,
         wake_channel=Keys(settings.redis.key_prefix).wake,
         max_loop_lag_s=settings.worker.max_loop_lag_ms / 1000,
+        job_lease_s=settings.worker.job_lease_s,
     )
 
 
