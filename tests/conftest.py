@@ -34,13 +34,20 @@ SECRETS = {
 class Pool:
     """The pool under test: its settings, keys, provider and workers."""
 
-    def __init__(self, tmp: Path, provider: FakeProviderProcess) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        provider: FakeProviderProcess,
+        worker: dict[str, Any] | None = None,
+        redis_url: str = REDIS_URL,
+    ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.prefix)
         self.provider = provider
         self.tmp = tmp
+        self.redis_url = redis_url
         self.settings_path = tmp / "settings.toml"
-        self.settings_path.write_text(settings_toml(provider, self.prefix, REDIS_URL))
+        self.settings_path.write_text(settings_toml(provider, self.prefix, redis_url, worker=worker))
         self.env = worker_env(self.settings_path, SECRETS)
         self.settings: Settings = load_settings(self.settings_path, environ={})
         self.workers: list[WorkerProcess] = []
@@ -52,7 +59,11 @@ class Pool:
 
     def wait_ready(self, *workers: WorkerProcess) -> None:
         for worker in workers:
-            worker.wait_ready(REDIS_URL, self.keys.heartbeat(worker.worker_id))
+            worker.wait_ready(self.redis_url, self.keys.heartbeat(worker.worker_id))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
 
     def logs(self) -> str:
         return "".join(w.log_path.read_text(errors="replace") for w in self.workers)

@@ -169,6 +169,13 @@ class WorkerProcess:
         self._process.send_signal(signal.SIGKILL)
         self._process.wait(timeout=10)
 
+    def terminate(self) -> None:
+        """SIGTERM: the worker drains (finishes or hands back its jobs) and exits."""
+        self._process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int:
+        return self._process.wait(timeout=timeout_s)
+
     def stop(self, timeout_s: float = 15.0) -> int:
         if self.alive:
             self._process.send_signal(signal.SIGTERM)
@@ -177,7 +184,8 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self._process.returncode
 
 
