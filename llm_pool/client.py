@@ -31,6 +31,7 @@ from llm_pool.schemas import (
     ResetEvent,
     describe_validation_error,
     final_event,
+    limit_violation,
     parse_event,
     parse_reply,
 )
@@ -101,6 +102,14 @@ class LLMPool:
             )
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error(exc)) from None
+        limits = self._settings.worker
+        too_big = limit_violation(request, limits.max_messages, limits.max_tools)
+        if too_big is None:
+            size = len(request.model_dump_json(exclude_none=True))
+            if size > limits.max_payload_bytes:
+                too_big = f"the request is {size} bytes; the limit is {limits.max_payload_bytes}"
+        if too_big is not None:
+            raise InvalidRequestError(too_big)
         return request_id, request
 
     def channel_of(self, request_id: str, request: CompletionRequest) -> str:

@@ -133,6 +133,15 @@ class CompletionRequest(_Strict):
         return kwargs
 
 
+def limit_violation(request: CompletionRequest, max_messages: int, max_tools: int) -> str | None:
+    """Why the request exceeds the configured size limits, or None."""
+    if len(request.messages) > max_messages:
+        return f"messages: {len(request.messages)} messages; the limit is {max_messages}"
+    if request.tools is not None and len(request.tools) > max_tools:
+        return f"tools: {len(request.tools)} tools; the limit is {max_tools}"
+    return None
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """A readable summary of what is wrong, naming fields but never echoing their values."""
     parts = []

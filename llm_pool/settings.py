@@ -55,6 +55,9 @@ class WorkerSection(_Section):
     max_loop_lag_ms: float = Field(default=50.0, gt=0)
     ledger_ttl_days: int = Field(default=400, ge=1)
     max_timeout_s: float = Field(default=600.0, gt=0)
+    max_payload_bytes: int = Field(default=2_000_000, ge=1024)
+    max_messages: int = Field(default=2000, ge=1)
+    max_tools: int = Field(default=128, ge=0)
     resume_partial_streams: bool = True
     max_stream_resumes: int = Field(default=1, ge=0)
     worker_id: str = ""

@@ -30,6 +30,7 @@ from llm_pool.schemas import (
     ResetEvent,
     describe_validation_error,
     final_event,
+    limit_violation,
 )
 from llm_pool.serialization import UndecodableJob
 from worker.outbox import Final, LedgerEntry
@@ -129,6 +130,10 @@ class Execution:
                     "it is not retried again",
                 )
             request = parse_request(args, kwargs)
+            limits = self._state.settings.worker
+            too_big = limit_violation(request, limits.max_messages, limits.max_tools)
+            if too_big is not None:
+                raise RequestFailed(ErrorCode.INVALID_REQUEST, too_big)
             self._log = self._log.bind(tenant_id=request.tenant_id, group=request.model)
             reply: OkReply | ErrorReply = await self._run(request)
         except RequestFailed as failure:

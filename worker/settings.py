@@ -13,7 +13,7 @@ from arq.connections import RedisSettings
 from arq.worker import get_kwargs
 
 from llm_pool.keys import Keys
-from llm_pool.serialization import decode_job, json_dumps
+from llm_pool.serialization import job_decoder, json_dumps
 from llm_pool.settings import Settings, load_settings
 from worker.jobs import complete, complete_stream
 from worker.lifecycle import make_hooks
@@ -28,7 +28,7 @@ def worker_settings(settings: Settings) -> type:
         "redis_settings": RedisSettings.from_dsn(settings.redis.url),
         # Workers never unpickle: the envelope is JSON, and an undecodable one becomes a reply.
         "job_serializer": json_dumps,
-        "job_deserializer": decode_job,
+        "job_deserializer": job_decoder(settings.worker.max_payload_bytes),
         "max_jobs": settings.worker.max_jobs,
         "poll_delay": settings.worker.poll_delay_s,
         "queue_read_limit": settings.worker.pickup_batch,
