@@ -30,6 +30,31 @@ class ProvidersUnavailable(Exception):
         self.status_code = status_code
 
 
+class RateLimited(ProvidersUnavailable):
+    """Every deployment answered 429; ``retry_after_s`` is what the provider asked us to wait."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason, 429)
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after_s(exc: BaseException, default: float = 1.0) -> float:
+    headers: Any = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    if headers is None:
+        return default
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return float(headers["retry-after-ms"]) / 1000
+        if headers.get("retry-after") is not None:
+            return float(headers["retry-after"])
+    except (TypeError, ValueError):
+        pass  # an HTTP date or garbage: use the default
+    return default
+
+
 class ProviderRejected(Exception):
     """A provider refused the request itself (HTTP 400/422): retrying elsewhere would not help."""
 
@@ -87,6 +112,8 @@ def _classify(exc: Exception) -> Exception:
         return ProviderRejected("the messages do not fit the model's context window")
     if status in (400, 422) and not isinstance(exc, litellm.exceptions.NotFoundError):
         return ProviderRejected(f"the provider rejected the request (HTTP {status})")
+    if status == 429:
+        return RateLimited(type(exc).__name__, _retry_after_s(exc))
     return ProvidersUnavailable(type(exc).__name__, status)
 
 

@@ -75,6 +75,8 @@ class RouterSection(_Section):
     allowed_fails: int = Field(default=3, ge=0)
     cooldown_time_s: float = Field(default=30.0, ge=0)
     retry_after_s: float = Field(default=0.0, ge=0)
+    rate_limit_retries: int = Field(default=2, ge=0)
+    max_retry_after_s: float = Field(default=30.0, ge=0)
 
 
 class Deployment(BaseModel):

@@ -40,6 +40,7 @@ class Pool:
         provider: FakeProviderProcess,
         worker: dict[str, Any] | None = None,
         redis_url: str = REDIS_URL,
+        router: dict[str, Any] | None = None,
     ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.prefix)
@@ -47,7 +48,9 @@ class Pool:
         self.tmp = tmp
         self.redis_url = redis_url
         self.settings_path = tmp / "settings.toml"
-        self.settings_path.write_text(settings_toml(provider, self.prefix, redis_url, worker=worker))
+        self.settings_path.write_text(
+            settings_toml(provider, self.prefix, redis_url, worker=worker, router=router)
+        )
         self.env = worker_env(self.settings_path, SECRETS)
         self.settings: Settings = load_settings(self.settings_path, environ={})
         self.workers: list[WorkerProcess] = []

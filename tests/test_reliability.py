@@ -257,3 +257,40 @@ async def test_workers_survive_a_redis_restart(tmp_path: Path, provider: FakePro
         text = worker.log_path.read_text()
         assert text.count('"redis_unavailable"') == 1, "one line per outage, not one per retry"
     assert "Traceback" not in logs
+
+
+async def test_rate_limited_provider_is_retried_after_retry_after(
+    tmp_path: Path, provider: FakeProviderProcess
+) -> None:
+    pool = Pool(tmp_path, provider, worker=FAST_RELIABILITY, router={"num_retries": 2})
+    try:
+        worker = pool.start_worker()
+        pool.wait_ready(worker)
+        for group, kind, _ in DEPLOYMENTS:
+            provider.configure(f"{group}-{kind}", fault="429", retry_after_s=1)
+        async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
+            pending = asyncio.ensure_future(client.complete("fast", user(), TENANT))
+            await asyncio.sleep(0.4)
+            provider.reset()  # the rate limit lifts before the retry-after has passed
+            reply = await pending
+        assert isinstance(reply, OkReply), reply
+        assert reply.latency_ms >= 500, "the retry waited for the provider's retry-after"
+    finally:
+        pool.stop()
+
+
+async def test_partial_stream_failure_can_end_the_request(
+    tmp_path: Path, provider: FakeProviderProcess
+) -> None:
+    pool = Pool(tmp_path, provider, worker={**FAST_RELIABILITY, "resume_partial_streams": False})
+    try:
+        worker = pool.start_worker()
+        pool.wait_ready(worker)
+        for group, kind, _ in DEPLOYMENTS:
+            provider.configure(f"{group}-{kind}", fault="drop", drop_after=3)
+        async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
+            events = [e async for e in client.stream("fast", user(), TENANT)]
+        assert [e.type for e in events] == ["chunk"] * 3 + ["error"]
+        assert events[-1].code == ErrorCode.PROVIDERS_UNAVAILABLE  # type: ignore[union-attr]
+    finally:
+        pool.stop()

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llm_pool.logging import get_logger
-from llm_pool.router import Completion, ProviderRejected, ProvidersUnavailable
+from llm_pool.router import Completion, ProviderRejected, ProvidersUnavailable, RateLimited
 from llm_pool.schemas import (
     PROVIDERS_UNAVAILABLE_MESSAGE,
     ChunkEvent,
@@ -212,9 +212,22 @@ class Execution:
         return self._job.enqueued_ms / 1000 + timeout_s
 
     async def _call(self, group: str, request: CompletionRequest) -> Completion:
-        if not self._stream:
-            return await self._state.router.complete(group, request)
-        return await self._stream_to_channel(group, request)
+        retries = self._state.settings.router.rate_limit_retries
+        cap_s = self._state.settings.router.max_retry_after_s
+        while True:
+            try:
+                if not self._stream:
+                    return await self._state.router.complete(group, request)
+                return await self._stream_to_channel(group, request)
+            except RateLimited as limited:
+                # Every deployment said 429: wait as long as the provider asked, then try again
+                # (the request's deadline still bounds the whole thing).
+                if retries <= 0:
+                    raise
+                retries -= 1
+                wait_s = min(limited.retry_after_s, cap_s)
+                self._log.info("rate_limited_waiting", retry_after_s=wait_s)
+                await asyncio.sleep(wait_s)
 
     async def _stream_to_channel(self, group: str, request: CompletionRequest) -> Completion:
         state = self._state
