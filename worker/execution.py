@@ -10,6 +10,7 @@ every outcome is a reply.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -129,6 +130,13 @@ class Execution:
                     f"the request was started {max_tries} times and its worker died each time; "
                     "it is not retried again",
                 )
+            if self._job.attempt > 1:
+                finished = await self._state.redis.get(self._state.keys.reply(self._job.request_id))
+                if finished is not None:
+                    # An earlier run wrote the reply and died before arq recorded the job as
+                    # done: the request is over, and nothing may be published after its end.
+                    self._log.info("request_already_finished")
+                    return dict(json.loads(finished))
             request = parse_request(args, kwargs)
             limits = self._state.settings.worker
             too_big = limit_violation(request, limits.max_messages, limits.max_tools)
