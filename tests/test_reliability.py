@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -249,6 +250,9 @@ async def test_workers_survive_a_redis_restart(tmp_path: Path, provider: FakePro
                 worker.wait_ready(url, pool.keys.heartbeat(worker.worker_id), timeout_s=10)
             replies = await asyncio.gather(*[client.complete("fast", user(), TENANT) for _ in range(4)])
             assert all(isinstance(r, OkReply) for r in replies), replies
+            # This Redis holds only this pool: its keys are all under the prefix, or arq's own.
+            names = [k.decode() for k in cast(list[bytes], redis.Redis.from_url(url).keys("*"))]
+            assert names and all(n.startswith((f"{pool.prefix}:", "arq:")) for n in names), names
     finally:
         pool.stop()
         stop_redis()
@@ -294,3 +298,29 @@ async def test_partial_stream_failure_can_end_the_request(
         assert events[-1].code == ErrorCode.PROVIDERS_UNAVAILABLE  # type: ignore[union-attr]
     finally:
         pool.stop()
+
+
+async def test_rolling_restart_under_load_loses_nothing(rpool: Pool) -> None:
+    originals = [rpool.start_worker(), rpool.start_worker()]
+    rpool.wait_ready(*originals)
+    slow_provider(rpool, tokens=10, delay_ms=50)
+    async with LLMPool(rpool.settings, redis_url=REDIS_URL) as client:
+
+        async def load() -> list[str]:
+            ids = []
+            for index in range(60):
+                ids.append(await client.submit("fast", user(), TENANT, stream=index % 2 == 0))
+                await asyncio.sleep(0.15)
+            return ids
+
+        async def roll() -> None:
+            for old in originals:  # one at a time: start the successor, then drain the old one
+                successor = rpool.start_worker()
+                await asyncio.to_thread(rpool.wait_ready, successor)
+                old.terminate()
+                await asyncio.to_thread(old.wait, 30)
+
+        ids, _ = await asyncio.gather(load(), roll())
+        replies = await asyncio.gather(*[client.wait(i, timeout_s=60) for i in ids])
+    assert all(isinstance(r, OkReply) for r in replies), [r for r in replies if not isinstance(r, OkReply)]
+    assert not any(w.alive for w in originals)
