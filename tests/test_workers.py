@@ -100,7 +100,8 @@ def test_health_fails_with_no_workers(pool: Pool) -> None:
 async def test_logs_hold_no_message_text_or_api_keys(pool: Pool, redis_sync: redis.Redis) -> None:
     secret_text = f"my-password-is-{uuid.uuid4().hex}"
     async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
-        await client.complete("quality", user(secret_text), TENANT)
+        first = await client.complete("quality", user(secret_text), TENANT)
+        assert not any(key in first.model_dump_json() for key in SECRETS.values())
         [e async for e in client.stream("fast", user(secret_text), TENANT)]
         await client.complete("quality", user(secret_text), TENANT, tools=[WEATHER_TOOL])
         fail_group(pool, "quality")
