@@ -586,6 +586,9 @@ def write_report(results: Results, path: Path, seconds: float) -> None:
         lines += [f"## {section}", "", "| metric | value | target |", "|---|---|---|"]
         lines += [f"| {m} | {v} | {t} |" for m, v, t in rows]
         lines += [""] + [f"{n}" for n in results.notes.get(section, [])] + [""]
+    profile = Path(__file__).with_name("ceiling_profile.md")
+    if profile.exists():
+        lines += [profile.read_text()]
     path.write_text("\n".join(lines))
 
 

@@ -122,6 +122,8 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _fallbacks_name_groups(self) -> Settings:
+        if "fallbacks" not in self.router.model_fields_set:
+            return self  # the defaults apply to whichever of quality/fast exist
         for group, targets in self.router.fallbacks.items():
             for name in (group, *targets):
                 if self.groups and name not in self.groups:
