@@ -1,11 +1,11 @@
-# Two commands on a fresh machine:  `make run` (a worker against a local Redis)
-# and `make test` (the whole test suite). Everything else is what those two use.
+# On a fresh machine:  `make demo` (the whole pool, offline, answering a prompt),
+# `make run` (a worker against a local Redis, real providers) and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint redis bench bench-quick clean
+.PHONY: setup run demo test lint redis bench bench-quick chaos clean
 
 $(STAMP): requirements.lock constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ redis:
 run: setup redis
 	$(BIN)/python -m worker
 
+demo: setup redis
+	$(BIN)/llm-pool demo "$(or $(PROMPT),Tell me about queues.)"
+
 test: setup redis
 	$(BIN)/python -m pytest -q
 
@@ -34,6 +37,9 @@ bench: setup redis
 
 bench-quick: setup redis
 	$(BIN)/python -m bench.run --quick --output /tmp/llm-pool-BENCHMARKS-quick.md
+
+chaos: setup redis
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

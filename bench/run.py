@@ -88,6 +88,7 @@ class Bench:
                     "log_level": "WARNING",
                     "heartbeat_interval_s": 1,
                     "poll_delay_s": 0.5,
+                    "default_timeout_s": 600,
                     **WORKER_OVERRIDES,
                 },
                 router={"num_retries": 0, "timeout_s": 60, "stream_timeout_s": 60},
@@ -323,7 +324,7 @@ async def delivered(bench: Bench, streams: int) -> dict[str, float]:
     await pubsub.psubscribe(f"{bench.prefix}:stream:*")
     while (await pubsub.get_message(timeout=1)) is None:
         pass
-    chunks = finals = 0
+    chunks = finals = errors = 0
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
         started = time.perf_counter()
@@ -340,12 +341,21 @@ async def delivered(bench: Bench, streams: int) -> dict[str, float]:
             data = message["data"]
             if b'"type":"chunk"' in data:
                 chunks += 1
-            elif b'"type":"done"' in data or b'"type":"error"' in data:
+            elif b'"type":"done"' in data:
                 finals += 1
+            elif b'"type":"error"' in data:
+                finals += 1
+                errors += 1
         elapsed = time.perf_counter() - started
     await pubsub.aclose()
     await listener.aclose()
-    return {"chunks": chunks, "finals": finals, "seconds": elapsed, "chunks_per_s": chunks / elapsed}
+    return {
+        "chunks": chunks,
+        "finals": finals,
+        "errors": errors,
+        "seconds": elapsed,
+        "chunks_per_s": chunks / elapsed,
+    }
 
 
 async def throughput(bench: Bench) -> None:
@@ -367,7 +377,7 @@ async def throughput(bench: Bench) -> None:
             section,
             f"{count} worker(s): chunks/s delivered to subscribers",
             f"{result['chunks_per_s']:.0f} ({result['chunks']:.0f} chunks, {result['seconds']:.1f} s"
-            f"{'' if complete else ', INCOMPLETE'})",
+            f"{'' if complete else ', INCOMPLETE: ' + str(int(result['errors'])) + ' errors'})",
         )
         if count == 1:
             one = result["chunks_per_s"]

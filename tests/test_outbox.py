@@ -15,10 +15,20 @@ from worker.outbox import Final, LedgerEntry, Outbox
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[Redis]:
-    client: Redis = fakeredis.FakeAsyncRedis()
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+async def fake(server: fakeredis.FakeServer) -> AsyncIterator[Redis]:
+    """The test's view of Redis; the outbox writes through its own (sync) client to the same server."""
+    client: Redis = fakeredis.FakeAsyncRedis(server=server)
     yield client
     await client.aclose()
+
+
+def outbox_for(server: fakeredis.FakeServer) -> Outbox:
+    return Outbox(fakeredis.FakeRedis(server=server))
 
 
 def final(ledger: LedgerEntry | None, reply: bytes = b'{"status":"ok"}') -> Final:
@@ -32,10 +42,10 @@ def final(ledger: LedgerEntry | None, reply: bytes = b'{"status":"ok"}') -> Fina
     )
 
 
-async def test_chunks_then_reply_then_final_event_in_order(fake: Redis) -> None:
+async def test_chunks_then_reply_then_final_event_in_order(fake: Redis, server: fakeredis.FakeServer) -> None:
     pubsub = fake.pubsub()
     await pubsub.subscribe("p:stream:r1")
-    outbox = Outbox(fake)
+    outbox = outbox_for(server)
     outbox.start()
     for i in range(50):
         outbox.publish("p:stream:r1", json.dumps({"type": "chunk", "seq": i}).encode())
@@ -63,8 +73,10 @@ async def test_chunks_then_reply_then_final_event_in_order(fake: Redis) -> None:
     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def test_second_final_for_the_same_request_changes_nothing(fake: Redis) -> None:
-    outbox = Outbox(fake)
+async def test_second_final_for_the_same_request_changes_nothing(
+    fake: Redis, server: fakeredis.FakeServer
+) -> None:
+    outbox = outbox_for(server)
     outbox.start()
     ledger = LedgerEntry("p:usage:t:d", prompt_tokens=1, completion_tokens=1, cost_usd=0.5, ttl_s=100)
     first, second = await asyncio.gather(

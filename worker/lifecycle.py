@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis import Redis as SyncRedis
+
 from llm_pool.keys import Keys
 from llm_pool.logging import get_logger
 from llm_pool.router import PoolRouter
@@ -24,7 +26,7 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
         keys = Keys(settings.redis.key_prefix)
         worker_id = settings.worker.worker_id or default_worker_id()
         router = PoolRouter(settings)
-        outbox = Outbox(redis)
+        outbox = Outbox(SyncRedis.from_url(settings.redis.url))
         cancels = CancelWatcher(redis, keys.cancel)
         state = WorkerState(
             settings=settings,
