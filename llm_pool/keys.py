@@ -37,6 +37,10 @@ class Keys:
     def cancel(self, request_id: str) -> str:
         return f"{self.prefix}:cancel:{request_id}"
 
+    def rate(self, tenant_id: str, kind: str, minute: int) -> str:
+        """Per-minute counter of a tenant's requests (``rpm``) or tokens (``tpm``)."""
+        return f"{self.prefix}:limits:{tenant_id}:{kind}:{minute}"
+
     def usage(self, tenant_id: str, day: str | None = None) -> str:
         return f"{self.prefix}:usage:{tenant_id}:{day or utc_day()}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +80,33 @@ class RouterSection(_Section):
     max_retry_after_s: float = Field(default=30.0, ge=0)
 
 
+class TenantLimits(_Section):
+    """Per-tenant limits, enforced across all workers; 0 means unlimited."""
+
+    rpm: int = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
+    daily_budget_usd: float = Field(default=0.0, ge=0)
+
+
+class TenantsSection(_Section):
+    default: TenantLimits = TenantLimits()
+    overrides: dict[str, TenantLimits] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _tenant_ids_are_uuids(cls, value: dict[str, TenantLimits]) -> dict[str, TenantLimits]:
+        canonical = {}
+        for tenant, limits in value.items():
+            try:
+                canonical[str(uuid.UUID(tenant))] = limits
+            except ValueError:
+                raise ValueError(f"{tenant!r} is not a tenant id (a UUID)") from None
+        return canonical
+
+    def limits_for(self, tenant_id: str) -> TenantLimits:
+        return self.overrides.get(tenant_id, self.default)
+
+
 class Deployment(BaseModel):
     """One ``[[groups.NAME]]`` table: LiteLLM ``litellm_params`` plus ``api_key_env``."""
 
@@ -118,6 +146,7 @@ class Settings(_Section):
     redis: RedisSection = RedisSection()
     worker: WorkerSection = WorkerSection()
     router: RouterSection = RouterSection()
+    tenants: TenantsSection = TenantsSection()
     groups: dict[str, list[Deployment]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

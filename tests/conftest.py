@@ -41,6 +41,7 @@ class Pool:
         worker: dict[str, Any] | None = None,
         redis_url: str = REDIS_URL,
         router: dict[str, Any] | None = None,
+        extra: str = "",
     ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.prefix)
@@ -49,7 +50,7 @@ class Pool:
         self.redis_url = redis_url
         self.settings_path = tmp / "settings.toml"
         self.settings_path.write_text(
-            settings_toml(provider, self.prefix, redis_url, worker=worker, router=router)
+            settings_toml(provider, self.prefix, redis_url, worker=worker, router=router, extra=extra)
         )
         self.env = worker_env(self.settings_path, SECRETS)
         self.settings: Settings = load_settings(self.settings_path, environ={})

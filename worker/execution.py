@@ -34,6 +34,7 @@ from llm_pool.schemas import (
     limit_violation,
 )
 from llm_pool.serialization import UndecodableJob
+from worker.limits import current_minute
 from worker.outbox import Final, LedgerEntry
 from worker.state import WorkerState
 
@@ -163,6 +164,10 @@ class Execution:
             raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed while it was queued")
         if await self._state.cancels.is_requested(self._job.request_id):
             raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller before it started")
+        limits = self._state.settings.tenants.limits_for(request.tenant_id)
+        refusal = await self._state.limiter.admit(request.tenant_id, limits)
+        if refusal is not None:
+            raise RequestFailed(ErrorCode.OVER_BUDGET, refusal.message(request.tenant_id))
         self._log.info("request_started", stream=self._stream, queued_ms=self._queued_ms())
         work: asyncio.Task[Completion] = asyncio.get_running_loop().create_task(self._call(group, request))
         self._state.cancels.watch(self._job.request_id, work)
@@ -293,12 +298,14 @@ class Execution:
         ledger = None
         if tenant_id is not None:
             usage = reply.usage if isinstance(reply, OkReply) else None
+            counts_tokens = usage is not None and state.settings.tenants.limits_for(tenant_id).tpm > 0
             ledger = LedgerEntry(
                 key=state.keys.usage(tenant_id),
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
                 cost_usd=usage.cost_usd if usage else 0.0,
                 ttl_s=state.settings.worker.ledger_ttl_days * 86400,
+                tpm_key=state.keys.rate(tenant_id, "tpm", current_minute()) if counts_tokens else None,
             )
         written = await state.outbox.finish(
             Final(

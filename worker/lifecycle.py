@@ -12,6 +12,7 @@ from llm_pool.router import PoolRouter
 from llm_pool.settings import Settings
 from worker.cancellation import CancelWatcher
 from worker.heartbeat import HeartbeatTask
+from worker.limits import Limiter
 from worker.outbox import Outbox
 from worker.state import WorkerState, default_worker_id
 
@@ -35,6 +36,7 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
             router=router,
             outbox=outbox,
             cancels=cancels,
+            limiter=Limiter(redis, keys),
             worker_id=worker_id,
         )
         heartbeat = HeartbeatTask(

@@ -24,8 +24,9 @@ from llm_pool.logging import get_logger
 
 log = get_logger(__name__)
 
-# KEYS: reply key, ledger hash. ARGV: reply JSON, reply TTL, channel, final event JSON,
-# ledger TTL, prompt tokens, completion tokens, cost, whether to count in the ledger.
+# KEYS: reply key, ledger hash, tokens-per-minute counter. ARGV: reply JSON, reply TTL, channel,
+# final event JSON, ledger TTL, prompt tokens, completion tokens, cost, whether to count in the
+# ledger, whether to count in the tokens-per-minute counter.
 FINALIZE_LUA = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
   return 0
@@ -36,6 +37,10 @@ if ARGV[9] == '1' then
   redis.call('HINCRBY', KEYS[2], 'completion_tokens', tonumber(ARGV[7]))
   redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[8])
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+end
+if ARGV[10] == '1' then
+  redis.call('INCRBY', KEYS[3], tonumber(ARGV[6]) + tonumber(ARGV[7]))
+  redis.call('EXPIRE', KEYS[3], 120)
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
@@ -49,6 +54,7 @@ class LedgerEntry:
     completion_tokens: int
     cost_usd: float
     ttl_s: int
+    tpm_key: str | None = None
 
 
 @dataclass
@@ -190,7 +196,8 @@ class Outbox:
 
     def _queue_final(self, pipe: SyncPipeline, final: Final) -> None:
         ledger = final.ledger
-        keys = [final.reply_key, ledger.key if ledger else final.reply_key]
+        tpm_key = ledger.tpm_key if ledger else None
+        keys = [final.reply_key, ledger.key if ledger else final.reply_key, tpm_key or final.reply_key]
         args: list[str | bytes | int | float] = [
             final.reply_json,
             final.reply_ttl_s,
@@ -201,5 +208,6 @@ class Outbox:
             ledger.completion_tokens if ledger else 0,
             f"{ledger.cost_usd:.12f}" if ledger else "0",
             "1" if ledger else "0",
+            "1" if tpm_key else "0",
         ]
         self._finalize(keys=keys, args=args, client=pipe)

@@ -15,6 +15,7 @@ from llm_pool.schemas import Heartbeat
 from llm_pool.settings import Settings
 from llm_pool.version import __version__
 from worker.cancellation import CancelWatcher
+from worker.limits import Limiter
 from worker.outbox import Outbox
 
 
@@ -37,6 +38,7 @@ class WorkerState:
     router: PoolRouter
     outbox: Outbox
     cancels: CancelWatcher
+    limiter: Limiter
     worker_id: str
     host: str = field(default_factory=socket.gethostname)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))

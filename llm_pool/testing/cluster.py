@@ -101,6 +101,7 @@ def settings_toml(
     worker: dict[str, Any] | None = None,
     router: dict[str, Any] | None = None,
     deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
+    extra: str = "",
 ) -> str:
     """A settings file for a pool whose every deployment is the fake provider."""
     worker_section = {
@@ -126,7 +127,7 @@ def settings_toml(
         if kind in API_KEY_ENV:
             entry["api_key_env"] = API_KEY_ENV[kind]
         lines.append(f"[[groups.{group}]]\n{table(entry)}")
-    return "\n\n".join(lines) + "\n"
+    return "\n\n".join(lines) + "\n" + extra
 
 
 class WorkerProcess:
