@@ -15,7 +15,6 @@ import contextlib
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -34,6 +32,7 @@ from llm_pool.settings import load_settings
 from llm_pool.testing.cluster import (
     DEPLOYMENTS,
     FakeProviderProcess,
+    RedisServer,
     WorkerProcess,
     settings_toml,
     worker_env,
@@ -44,54 +43,6 @@ SECRETS = {"OPENAI_API_KEY": "sk-chaos-not-a-key", "ANTHROPIC_API_KEY": "sk-ant-
 
 def say(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-class RedisServer:
-    """A redis-server of our own on a free port, restartable with its data (RDB on shutdown)."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (scripts/ensure-redis.sh installs it)")
-        self._binary = binary
-        self._dir = directory
-        self.port = 20000 + random.randrange(20000)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        subprocess.run(
-            [
-                self._binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._dir),
-                "--dbfilename",
-                "chaos.rdb",
-                "--daemonize",
-                "yes",
-                "--logfile",
-                str(self._dir / "redis.log"),
-            ],
-            check=True,
-        )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
-                if client.ping():
-                    break
-            time.sleep(0.05)
-        client.close()
-
-    def stop(self, save: bool) -> None:
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(self.url).shutdown(save=save, nosave=not save)
 
 
 @dataclass
@@ -142,7 +93,7 @@ async def run_chaos(
     redis_restart: bool = True,
 ) -> Outcome:
     tmp = Path(tempfile.mkdtemp(prefix="llm-pool-chaos-"))
-    server = RedisServer(tmp)
+    server = RedisServer(directory=tmp)
     server.start()
     provider = FakeProviderProcess()
     prefix = "chaos"

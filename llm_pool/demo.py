@@ -8,8 +8,6 @@ arrive, then the reply's usage.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,13 @@ from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import ChunkEvent, DoneEvent, ErrorEvent, OkReply, ResetEvent
 from llm_pool.settings import load_settings
-from llm_pool.testing.cluster import FakeProviderProcess, WorkerProcess, settings_toml, worker_env
+from llm_pool.testing.cluster import (
+    FakeProviderProcess,
+    RedisServer,
+    WorkerProcess,
+    settings_toml,
+    worker_env,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEMO_TENANT = "00000000-0000-4000-8000-000000000000"
@@ -42,29 +46,11 @@ def ensure_redis(url: str = REDIS_URL) -> None:
         pass
     finally:
         client.close()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit(
-            "redis: none answers on 127.0.0.1:6379 and redis-server is not installed (make redis)"
-        )
     _say("redis: starting redis-server on 127.0.0.1:6379 (no persistence)")
-    subprocess.run(
-        [
-            binary,
-            "--daemonize",
-            "yes",
-            "--port",
-            "6379",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        check=True,
-    )
-    time.sleep(0.3)
+    try:
+        RedisServer(port=6379).start()
+    except RuntimeError as exc:
+        raise SystemExit(f"redis: none answers on 127.0.0.1:6379 and none could be started: {exc}") from None
 
 
 async def _ask(pool: LLMPool, prompt: str) -> None:

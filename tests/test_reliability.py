@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool, ReplyTimeout
 from llm_pool.schemas import ErrorCode, ErrorReply, Heartbeat, OkReply
-from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, WorkerProcess
+from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, RedisServer, WorkerProcess
 from tests.conftest import REDIS_URL, TENANT, Pool, user
 from tests.plain import Listener
 
@@ -194,38 +192,8 @@ async def test_workers_survive_a_redis_restart(tmp_path: Path, provider: FakePro
     port = 6390 + uuid.uuid4().int % 100
     url = f"redis://127.0.0.1:{port}/0"
 
-    def start_redis() -> None:
-        subprocess.run(
-            [
-                str(REDIS_SERVER),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(tmp_path),
-                "--logfile",
-                str(tmp_path / "redis.log"),
-            ],
-            check=True,
-        )
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-
-    def stop_redis() -> None:
-        # The server closes the connection as it goes.
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(url).shutdown(nosave=True)
+    server = RedisServer(port=port, directory=tmp_path)
+    start_redis, stop_redis = server.start, server.stop
 
     start_redis()
     pool = Pool(tmp_path, provider, worker=FAST_RELIABILITY, redis_url=url)

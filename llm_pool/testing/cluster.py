@@ -6,9 +6,12 @@ workers are started with the Procfile's ``worker:`` command, exactly as an opera
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,3 +200,43 @@ def worker_env(settings_path: Path, secrets: dict[str, str]) -> dict[str, str]:
     env["LLM_POOL_SETTINGS"] = str(settings_path)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class RedisServer:
+    """A ``redis-server`` of our own (daemonized), to restart or stop without harming anyone else.
+
+    With ``directory`` it can be restarted keeping its data (``stop(save=True)`` writes an RDB that
+    the next ``start`` loads); without, it keeps nothing.
+    """
+
+    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/ensure-redis.sh installs it)")
+        self._binary = binary
+        self._dir = directory
+        self.port = port if port is not None else 20000 + random.randrange(20000)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "yes"]
+        argv += ["--save", "", "--appendonly", "no"]
+        if self._dir is not None:
+            argv += ["--dir", str(self._dir), "--dbfilename", "dump.rdb"]
+            argv += ["--logfile", str(self._dir / "redis.log")]
+        subprocess.run(argv, check=True)
+        client = redis.Redis.from_url(self.url)
+        try:
+            for _ in range(200):
+                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                    if client.ping():
+                        return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self, save: bool = False) -> None:
+        # The server closes the connection as it goes.
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(self.url).shutdown(save=save, nosave=not save)
