@@ -40,6 +40,8 @@ from worker.state import WorkerState
 
 log = get_logger("worker.execution")
 
+YIELD_EVERY_CHUNKS = 8
+
 
 @dataclass(frozen=True)
 class JobInfo:
@@ -260,9 +262,10 @@ class Execution:
                         channel, ChunkEvent(text=piece.text, request_id=self._job.request_id, seq=seq)
                     )
                     seq += 1
-                    # A provider that sends faster than we parse never makes the iteration wait,
-                    # so yield explicitly: otherwise one stream could starve every other job.
-                    await asyncio.sleep(0)
+                    if seq % YIELD_EVERY_CHUNKS == 0:
+                        # A provider that sends faster than we parse never makes the iteration
+                        # wait, so yield now and then: otherwise one stream could starve the others.
+                        await asyncio.sleep(0)
                 return call.result()
             except ProvidersUnavailable as exc:
                 settings = state.settings.worker
