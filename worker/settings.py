@@ -55,6 +55,7 @@ def create_pool_worker(settings: Settings) -> PoolWorker:
         wake_channel=Keys(settings.redis.key_prefix).wake,
         max_loop_lag_s=settings.worker.max_loop_lag_ms / 1000,
         job_lease_s=settings.worker.job_lease_s,
+        redis_url=settings.redis.url,
     )
 
 
