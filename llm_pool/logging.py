@@ -94,6 +94,29 @@ def configure_logging(fmt: Literal["json", "console"] = "json", level: str = "IN
         logger.propagate = True
 
 
+class OutageLog:
+    """One log line when a dependency goes away and one when it is back, not one per retry."""
+
+    def __init__(
+        self, logger: structlog.stdlib.BoundLogger, lost: str, restored: str, level: str = "error"
+    ) -> None:
+        self._logger = logger
+        self._lost = lost
+        self._restored = restored
+        self._level = level
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            getattr(self._logger, self._level)(self._lost, error=type(exc).__name__)
+            self.failing = True
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self._logger.info(self._restored)
+            self.failing = False
+
+
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from llm_pool.logging import get_logger
+from llm_pool.logging import OutageLog, get_logger
 from llm_pool.tasks import cancel_and_wait
 
 log = get_logger(__name__)
@@ -41,19 +41,15 @@ class Multiplexer:
 
     async def _read(self) -> None:
         assert self._pubsub is not None
-        failing = False
+        outage = OutageLog(log, "pubsub_connection_lost", "pubsub_connection_restored", level="warning")
         while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
             except (RedisError, OSError) as exc:
-                if not failing:
-                    log.warning("pubsub_connection_lost", error=type(exc).__name__)
-                    failing = True
+                outage.failed(exc)
                 await asyncio.sleep(0.2)
                 continue
-            if failing:
-                failing = False
-                log.info("pubsub_connection_restored")
+            outage.succeeded()
             if message is None:
                 continue
             channel = message["channel"]

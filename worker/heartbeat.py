@@ -9,7 +9,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from llm_pool.logging import get_logger
+from llm_pool.logging import OutageLog, get_logger
 from llm_pool.schemas import Heartbeat
 from llm_pool.tasks import cancel_and_wait
 
@@ -25,7 +25,7 @@ class HeartbeatTask:
         self._interval_s = interval_s
         self._snapshot = snapshot
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._outage = OutageLog(log, "heartbeat_failed", "heartbeat_recovered")
 
     async def beat(self) -> None:
         """Write the key once; raises if Redis cannot take it."""
@@ -36,13 +36,9 @@ class HeartbeatTask:
         while True:
             try:
                 await self.beat()
-                if self._failing:
-                    log.info("heartbeat_recovered")
-                    self._failing = False
+                self._outage.succeeded()
             except (RedisError, OSError) as exc:
-                if not self._failing:
-                    log.error("heartbeat_failed", error=type(exc).__name__)
-                    self._failing = True
+                self._outage.failed(exc)
             await asyncio.sleep(self._interval_s)
 
     def start(self) -> None:

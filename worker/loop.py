@@ -33,7 +33,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from llm_pool.logging import get_logger
+from llm_pool.logging import OutageLog, get_logger
 from llm_pool.tasks import cancel_and_wait
 
 log = get_logger("worker.loop")
@@ -154,13 +154,9 @@ class PoolWorker(Worker):
         self._pubsub: PubSub | None = None
         self._background: list[asyncio.Task[None]] = []
         self._draining = False
-        self._redis_failing = False
+        self._redis_outage = OutageLog(log, "redis_unavailable", "redis_available_again")
         self._claim: Any = None
         self._leases = LeaseKeeper(redis_url, self._lease_ms)
-
-    @property
-    def loop_lag_s(self) -> float:
-        return self._lag.lag_s
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """SIGTERM/SIGINT: take no new jobs, let running ones finish within the grace period;
@@ -179,7 +175,6 @@ class PoolWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         self.ctx["redis"] = self.pool
-        self.ctx["worker"] = self
         self._claim = self.pool.register_script(CLAIM_LUA)
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -195,7 +190,7 @@ class PoolWorker(Worker):
                     continue  # took a full batch: there may be more
                 # While saturated or failing, look again soon: nobody may wake us.
                 wait_s = self.poll_delay_s if self.allow_pick_jobs else min(self.poll_delay_s, 0.05)
-                if self._redis_failing:
+                if self._redis_outage.failing:
                     wait_s = 1.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
@@ -222,13 +217,9 @@ class PoolWorker(Worker):
                 claimed = await self._claim_and_start(min(self.queue_read_limit, free))
             await self.heart_beat()
         except (RedisError, OSError) as exc:
-            if not self._redis_failing:
-                log.error("redis_unavailable", error=type(exc).__name__)
-                self._redis_failing = True
+            self._redis_outage.failed(exc)
         else:
-            if self._redis_failing:
-                log.info("redis_available_again")
-                self._redis_failing = False
+            self._redis_outage.succeeded()
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
@@ -260,7 +251,7 @@ class PoolWorker(Worker):
         self._wake.set()  # a slot is free: look at the queue again
 
     async def _read_wakeups(self) -> None:
-        failing = False
+        outage = OutageLog(log, "wake_channel_lost", "wake_channel_restored", level="warning")
         while True:
             try:
                 if self._pubsub is None:
@@ -268,14 +259,10 @@ class PoolWorker(Worker):
                     await self._pubsub.subscribe(self._wake_channel)
                 message = await self._pubsub.get_message(timeout=30.0)
             except (RedisError, OSError) as exc:
-                if not failing:
-                    log.warning("wake_channel_lost", error=type(exc).__name__)
-                    failing = True
+                outage.failed(exc)
                 self._wake.set()  # fall back to polling until the channel is back
                 await asyncio.sleep(1.0)
                 continue
-            if failing:
-                log.info("wake_channel_restored")
-                failing = False
+            outage.succeeded()
             if message is not None:
                 self._wake.set()

@@ -20,7 +20,7 @@ from redis import Redis as SyncRedis
 from redis.client import Pipeline as SyncPipeline
 from redis.exceptions import RedisError
 
-from llm_pool.logging import get_logger
+from llm_pool.logging import OutageLog, get_logger
 
 log = get_logger(__name__)
 
@@ -98,7 +98,7 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finalize = redis.register_script(FINALIZE_LUA)
-        self._failing = False
+        self._outage = OutageLog(log, "outbox_redis_unavailable", "outbox_redis_recovered")
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -173,9 +173,7 @@ class Outbox:
                         self._queue_final(pipe, item)
                 results = pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as exc:
-                if not self._failing:
-                    log.error("outbox_redis_unavailable", error=type(exc).__name__)
-                    self._failing = True
+                self._outage.failed(exc)
                 # Chunks are best effort (a reconnecting listener reads the reply key); the final
                 # writes are what callers wait for, so those are kept and retried.
                 finals = [item for item in batch if isinstance(item, Final)]
@@ -186,9 +184,7 @@ class Outbox:
                 batch = list(finals)
                 time.sleep(self._retry_delay_s)
                 continue
-            if self._failing:
-                log.info("outbox_redis_recovered")
-                self._failing = False
+            self._outage.succeeded()
             for item, result in zip(batch, results, strict=True):
                 if isinstance(item, Final):
                     self._resolve(item, result)
