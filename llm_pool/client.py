@@ -73,7 +73,7 @@ class LLMPool:
         self.keys = Keys(self._settings.redis.key_prefix)
         url = redis_url or self._settings.redis.url
         self._redis: Redis = Redis(connection_pool=ConnectionPool.from_url(url))
-        self._mux = Multiplexer(self._redis)
+        self._mux = Multiplexer(self._redis, f"{self.keys.prefix}:client:{uuid.uuid4().hex}")
         self._enqueuer = Enqueuer(self._redis, self.keys)
 
     async def __aenter__(self) -> LLMPool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,8 +22,9 @@ log = get_logger(__name__)
 
 
 class Multiplexer:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, private_channel: str) -> None:
         self._redis = redis
+        self._private_channel = private_channel
         self._pubsub: PubSub | None = None
         self._queues: dict[str, list[asyncio.Queue[bytes]]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
@@ -35,7 +35,7 @@ class Multiplexer:
         if self._pubsub is None:
             self._pubsub = self._redis.pubsub()
             # A private channel keeps the connection open while no waiter is subscribed.
-            await self._pubsub.subscribe(f"llm_pool:client:{uuid.uuid4().hex}")
+            await self._pubsub.subscribe(self._private_channel)
             self._reader = asyncio.get_running_loop().create_task(self._read(), name="pubsub-reader")
         return self._pubsub
 
