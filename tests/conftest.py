@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.settings import Settings, load_settings
-from llm_pool.testing.cluster import FakeProviderProcess, WorkerProcess, settings_toml, worker_env
+from llm_pool.testing.cluster import ROOT, FakeProviderProcess, WorkerProcess, settings_toml, worker_env
 
 REDIS_URL = os.environ.get("LLM_POOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -68,6 +70,17 @@ class Pool:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+    def run_module(self, module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``python -m MODULE ARGS`` as an operator would run it against this pool."""
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env={**self.env, "REDIS_URL": self.redis_url, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
 
     def logs(self) -> str:
         return "".join(w.log_path.read_text(errors="replace") for w in self.workers)

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
-from llm_pool.testing.cluster import ROOT
 from tests.conftest import REDIS_URL, Pool, user
 
 
 def cli(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llm_pool.cli", *args],
-        env={**pool.env, "REDIS_URL": REDIS_URL},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    return pool.run_module("llm_pool.cli", *args)
 
 
 def test_workers_table_and_json(pool: Pool) -> None:

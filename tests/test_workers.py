@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 import uuid
 
@@ -12,7 +11,7 @@ import redis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import Heartbeat, OkReply
-from llm_pool.testing.cluster import DEPLOYMENTS, ROOT
+from llm_pool.testing.cluster import DEPLOYMENTS
 from tests.conftest import REDIS_URL, SECRETS, TENANT, Pool, sync_get, sync_pttl, user
 from tests.test_pool_e2e import WEATHER_TOOL, fail_group, run_plain
 
@@ -23,14 +22,7 @@ def heartbeat(redis_sync: redis.Redis, pool: Pool, worker_id: str) -> Heartbeat 
 
 
 def health(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llm_pool.health", *args],
-        env={**pool.env, "REDIS_URL": REDIS_URL},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    return pool.run_module("llm_pool.health", *args)
 
 
 def test_heartbeat_key_per_worker(pool: Pool, redis_sync: redis.Redis) -> None:
@@ -86,14 +78,7 @@ def test_killed_worker_disappears_and_pool_stays_healthy(pool: Pool, redis_sync:
 
 
 def test_health_fails_with_no_workers(pool: Pool) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "llm_pool.health"],
-        env={**pool.env, "LLM_POOL__REDIS__KEY_PREFIX": f"empty{uuid.uuid4().hex[:6]}"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    result = pool.run_module("llm_pool.health", LLM_POOL__REDIS__KEY_PREFIX=f"empty{uuid.uuid4().hex[:6]}")
     assert result.returncode == 1 and "no live workers" in result.stderr
 
 
