@@ -18,7 +18,6 @@ import asyncio
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -26,12 +25,12 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llm_pool.fairness import fair_prefix
 from llm_pool.health import check, live_workers
 from llm_pool.keys import Keys, utc_day
 from llm_pool.schemas import parse_reply
 from llm_pool.settings import Settings, SettingsError, load_settings
 
-JOB_KEY_PREFIX = "arq:job:"
 IN_PROGRESS_PREFIX = "arq:in-progress:"
 QUEUE_SAMPLE = 1000
 
@@ -76,35 +75,51 @@ async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[An
     depth = await redis.zcard(keys.queue)
     head = await redis.zrange(keys.queue, 0, QUEUE_SAMPLE - 1, withscores=True)
     ids = [member.decode() for member, _ in head]
-    running = await redis.mget([IN_PROGRESS_PREFIX + i for i in ids]) if ids else []
-    waiting = [
-        (job_id, score) for job_id, (_, score), flag in zip(ids, head, running, strict=True) if flag is None
-    ]
-    bodies = await redis.mget([JOB_KEY_PREFIX + i for i, _ in waiting]) if waiting else []
-    tenants: Counter[str] = Counter()
-    for body in bodies:
-        try:
-            tenants[str(json.loads(body)["a"][0]["tenant_id"])] += 1
-        except (TypeError, ValueError, KeyError, IndexError):
-            tenants["(unreadable)"] += 1
-    oldest_s = time.time() - waiting[0][1] / 1000 if waiting else 0.0
+    flags = await redis.mget([IN_PROGRESS_PREFIX + i for i in ids]) if ids else []
+    running = sum(flag is not None for flag in flags)
+    waiting = [score for (_, score), flag in zip(head, flags, strict=True) if flag is None]
+    oldest_s = time.time() - waiting[0] / 1000 if waiting else 0.0
+    by_tenant = await waiting_by_tenant(redis, keys)
+    indexed = sum(t["waiting"] for t in by_tenant)
     data = {
         "queue": keys.queue,
         "depth": depth,
-        "running": sum(flag is not None for flag in running),
-        "waiting_sampled": len(waiting),
+        "running": running if depth <= QUEUE_SAMPLE else f">={running}",
         "oldest_waiting_s": round(oldest_s, 3),
-        "waiting_by_tenant": dict(tenants.most_common()),
+        "tenants_waiting": len(by_tenant),
+        "waiting_by_tenant": by_tenant,
+        "not_yet_indexed": max(0, depth - running - indexed) if depth <= QUEUE_SAMPLE else None,
     }
     text = (
-        f"queue {keys.queue}: {depth} job(s), {data['running']} running, {len(waiting)} waiting"
-        + (f" (first {QUEUE_SAMPLE} looked at)" if depth > QUEUE_SAMPLE else "")
-        + f"; oldest waiting {oldest_s:.1f}s"
+        f"queue {keys.queue}: {depth} job(s), {data['running']} running"
+        + (f" (among the first {QUEUE_SAMPLE})" if depth > QUEUE_SAMPLE else "")
+        + f"; oldest waiting {oldest_s:.1f}s; {len(by_tenant)} tenant(s) waiting, served in turn"
     )
-    if tenants:
-        rows = [{"tenant": t, "waiting": n} for t, n in tenants.most_common()]
-        text += "\n" + table(rows, ["tenant", "waiting"])
+    if by_tenant:
+        text += "\n" + table(by_tenant, ["turn", "tenant", "waiting", "oldest_s"])
     return data, text
+
+
+async def waiting_by_tenant(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Waiting jobs per tenant from the fair-share index, in the order tenants will be served."""
+    prefix = fair_prefix(keys)
+    tenants = [t.decode() for t in await redis.zrange(prefix + "tenants", 0, -1)]
+    pipe = redis.pipeline(transaction=False)
+    for tenant in tenants:
+        pipe.zcard(prefix + "q:" + tenant)
+        pipe.zrange(prefix + "q:" + tenant, 0, 0, withscores=True)
+    answers = await pipe.execute() if tenants else []
+    now = time.time()
+    rows = []
+    for turn, (tenant, count, first) in enumerate(
+        zip(tenants, answers[::2], answers[1::2], strict=True), start=1
+    ):
+        if count:
+            oldest = round(now - first[0][1] / 1000, 1) if first else 0.0
+            rows.append(
+                {"turn": turn, "tenant": tenant or "(unreadable)", "waiting": count, "oldest_s": oldest}
+            )
+    return rows
 
 
 async def cmd_usage(redis: Redis, keys: Keys, args: argparse.Namespace) -> tuple[Any, str]:
@@ -147,10 +162,22 @@ async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> tup
         return {"request_id": request_id, "state": "running"}, f"{request_id}: running"
     score = await redis.zscore(keys.queue, request_id)
     if score is not None:
-        ahead = await redis.zcount(keys.queue, "-inf", f"({score}")
         waited = time.time() - score / 1000
-        data = {"request_id": request_id, "state": "queued", "ahead": ahead, "waited_s": round(waited, 3)}
-        return data, f"{request_id}: queued for {waited:.1f}s, {ahead} job(s) ahead"
+        data = {"request_id": request_id, "state": "queued", "waited_s": round(waited, 3)}
+        text = f"{request_id}: queued for {waited:.1f}s"
+        prefix = fair_prefix(keys)
+        tenant = await cast(Awaitable[bytes | None], redis.hget(prefix + "jobs", request_id))
+        if tenant is not None:
+            data["tenant_id"] = tenant.decode()
+            data["ahead_of_it_for_its_tenant"] = await redis.zrank(
+                prefix + "q:" + tenant.decode(), request_id
+            )
+            data["tenants_waiting"] = await redis.zcard(prefix + "tenants")
+            text += (
+                f", {data['ahead_of_it_for_its_tenant']} job(s) of its tenant ahead of it, "
+                f"{data['tenants_waiting']} tenant(s) taking turns"
+            )
+        return data, text
     return {
         "request_id": request_id,
         "state": "unknown",

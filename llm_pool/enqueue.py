@@ -2,9 +2,9 @@
 
 ``enqueue_job`` writes exactly what ``ArqRedis.enqueue_job`` writes (``arq:job:{id}`` with the
 JSON envelope, a score in the queue's sorted set, arq's dedupe on the job and result keys), but as
-one Lua script that also returns the reply if the request had already finished, and publishes the
-request id on ``P:wake`` so that workers blocked on that channel start it at once instead of at
-their next poll.
+one Lua script that also returns the reply if the request had already finished, adds the job to
+the fair-share index of its tenant (``llm_pool/fairness.py``), and publishes the request id on
+``P:wake`` so that workers blocked on that channel start it at once instead of at their next poll.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from llm_pool.fairness import FAIR_ADD_LUA, fair_prefix, index_tenant
 from llm_pool.keys import Keys
 from llm_pool.serialization import json_dumps
 
@@ -23,17 +24,21 @@ RESULT_KEY_PREFIX = "arq:result:"
 JOB_EXPIRES_MS = 86_400_000
 
 # KEYS: job key, arq result key, queue, reply key.
-# ARGV: envelope, job id, score, expiry (ms), wake channel.
+# ARGV: envelope, job id, score, expiry (ms), wake channel, tenant, fair-index prefix.
 # Returns the reply if there is one already, 0 if the job exists (arq's dedupe), 1 if enqueued.
-ENQUEUE_LUA = """
+ENQUEUE_LUA = (
+    FAIR_ADD_LUA
+    + """
 local reply = redis.call('GET', KEYS[4])
 if reply then return reply end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+fair_add(ARGV[7], ARGV[2], ARGV[3], ARGV[6])
 redis.call('PUBLISH', ARGV[5], ARGV[2])
 return 1
 """
+)
 
 
 class Enqueuer:
@@ -52,6 +57,14 @@ class Enqueuer:
                 self._keys.queue,
                 self._keys.reply(request_id),
             ],
-            args=[envelope, request_id, now_ms, JOB_EXPIRES_MS, self._keys.wake],
+            args=[
+                envelope,
+                request_id,
+                now_ms,
+                JOB_EXPIRES_MS,
+                self._keys.wake,
+                index_tenant(str(argument.get("tenant_id", ""))),
+                fair_prefix(self._keys),
+            ],
         )
         return result if isinstance(result, bytes) else None

@@ -80,12 +80,21 @@ class RouterSection(_Section):
     max_retry_after_s: float = Field(default=30.0, ge=0)
 
 
+class MetricsSection(_Section):
+    """The worker's Prometheus endpoint; off when ``port`` is 0 (give each process its own port)."""
+
+    port: int = Field(default=0, ge=0, le=65535)
+    host: str = "0.0.0.0"
+
+
 class TenantLimits(_Section):
     """Per-tenant limits, enforced across all workers; 0 means unlimited."""
 
     rpm: int = Field(default=0, ge=0)
     tpm: int = Field(default=0, ge=0)
     daily_budget_usd: float = Field(default=0.0, ge=0)
+    # Jobs of the tenant running at once across the pool; 0 means no cap. Waiting jobs stay queued.
+    max_concurrent: int = Field(default=0, ge=0)
 
 
 class TenantsSection(_Section):
@@ -147,6 +156,7 @@ class Settings(_Section):
     worker: WorkerSection = WorkerSection()
     router: RouterSection = RouterSection()
     tenants: TenantsSection = TenantsSection()
+    metrics: MetricsSection = MetricsSection()
     groups: dict[str, list[Deployment]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -22,7 +22,14 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.settings import Settings, load_settings
-from llm_pool.testing.cluster import ROOT, FakeProviderProcess, WorkerProcess, settings_toml, worker_env
+from llm_pool.testing.cluster import (
+    DEPLOYMENTS,
+    ROOT,
+    FakeProviderProcess,
+    WorkerProcess,
+    settings_toml,
+    worker_env,
+)
 
 REDIS_URL = os.environ.get("LLM_POOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -44,6 +51,7 @@ class Pool:
         redis_url: str = REDIS_URL,
         router: dict[str, Any] | None = None,
         extra: str = "",
+        deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
     ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.prefix)
@@ -52,7 +60,15 @@ class Pool:
         self.redis_url = redis_url
         self.settings_path = tmp / "settings.toml"
         self.settings_path.write_text(
-            settings_toml(provider, self.prefix, redis_url, worker=worker, router=router, extra=extra)
+            settings_toml(
+                provider,
+                self.prefix,
+                redis_url,
+                worker=worker,
+                router=router,
+                deployments=deployments,
+                extra=extra,
+            )
         )
         self.env = worker_env(self.settings_path, SECRETS)
         self.settings: Settings = load_settings(self.settings_path, environ={})

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from pathlib import Path
+
+import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
+from llm_pool.testing.cluster import FakeProviderProcess
 from tests.conftest import REDIS_URL, Pool, user
 
 
@@ -39,3 +43,25 @@ async def test_usage_request_cancel_and_queue(pool: Pool) -> None:
     queue = json.loads(cli(pool, "--json", "queue").stdout)
     assert queue["queue"] == pool.keys.queue and queue["depth"] >= 0
     assert cli(pool, "health").returncode == 0
+
+
+async def test_queue_and_request_show_waiting_jobs_by_tenant(
+    tmp_path: Path, provider: FakeProviderProcess, aredis: aioredis.Redis
+) -> None:
+    idle = Pool(tmp_path, provider)  # no workers: what is enqueued waits
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    async with LLMPool(idle.settings, redis_url=REDIS_URL) as client:
+        ids = [await client.submit("fast", user(), first) for _ in range(3)]
+        ids.append(await client.submit("fast", user(), second))
+    queue = json.loads(cli(idle, "--json", "queue").stdout)
+    assert queue["depth"] == 4 and queue["running"] == 0 and queue["tenants_waiting"] == 2
+    assert [(t["turn"], t["tenant"], t["waiting"]) for t in queue["waiting_by_tenant"]] == [
+        (1, first, 3),
+        (2, second, 1),
+    ]
+    assert first in cli(idle, "queue").stdout
+    state = json.loads(cli(idle, "--json", "request", ids[2]).stdout)
+    assert state["state"] == "queued" and state["tenant_id"] == first
+    assert state["ahead_of_it_for_its_tenant"] == 2 and state["tenants_waiting"] == 2
+    await aredis.delete(*[k async for k in aredis.scan_iter(match=f"{idle.prefix}:*")])
+    await aredis.delete(*[f"arq:job:{i}" for i in ids])

@@ -10,8 +10,10 @@ for an interactive pool:
   that long (310 s by default) to run again; here the lock is a lease of ``job_lease_s`` that the
   worker renews while the job runs, so a dead worker's jobs run again within about a lease;
 - arq reads the head of the queue, running jobs included (they stay in the sorted set until they
-  finish), so a worker can see only jobs that are already running and starve new ones; here one Lua
-  script skips jobs that are claimed and claims the rest atomically (one round trip).
+  finish), so a worker can see only jobs that are already running and starve new ones, and it
+  serves the queue first-in first-out, so one tenant's backlog delays every other tenant; here one
+  Lua script (``worker/claim.py``) claims waiting jobs round-robin over tenants, within each
+  tenant's concurrency cap, atomically (one round trip).
 
 The claim is arq's own protocol (``SET arq:in-progress:{id} NX``), so plain arq workers on the same
 queue cooperate. The worker also takes no new jobs while its event loop lags, or while draining.
@@ -33,30 +35,17 @@ from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from llm_pool.keys import Keys
 from llm_pool.logging import OutageLog, get_logger
+from llm_pool.settings import TenantsSection
 from llm_pool.tasks import cancel_and_wait
+from worker.claim import Claimer
 
 log = get_logger("worker.loop")
 
 IN_PROGRESS_PREFIX = "arq:in-progress:"
 LOAD_BACKOFF_PER_JOB_S = 0.0005
 LOAD_BACKOFF_CAP_S = 0.01
-
-# KEYS[1]: queue. ARGV: now (ms), how many to claim, how many to look at, lease (ms).
-# Returns [job_id, score, job_id, score, ...] of the jobs this call claimed.
-CLAIM_LUA = """
-local seen = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
-local claimed = {}
-local want = tonumber(ARGV[2]) * 2
-for i = 1, #seen, 2 do
-  if redis.call('SET', 'arq:in-progress:' .. seen[i], '1', 'NX', 'PX', ARGV[4]) then
-    claimed[#claimed + 1] = seen[i]
-    claimed[#claimed + 1] = seen[i + 1]
-    if #claimed >= want then break end
-  end
-end
-return claimed
-"""
 
 
 class LagMonitor:
@@ -134,28 +123,28 @@ class PoolWorker(Worker):
     def __init__(
         self,
         *,
-        wake_channel: str,
+        keys: Keys,
+        tenants: TenantsSection,
         max_loop_lag_s: float,
         job_lease_s: float,
         redis_url: str,
-        scan_limit: int = 2000,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._grace_s = float(kwargs.get("job_completion_wait") or 0)
-        self._wake_channel = wake_channel
+        self._keys = keys
+        self._tenants = tenants
         self._max_loop_lag_s = max_loop_lag_s
         self._lease_ms = int(job_lease_s * 1000)
         # arq's own claims (a plain arq worker) and retries use this as the lock's lifetime too.
         self.in_progress_timeout_s = job_lease_s
-        self._scan_limit = scan_limit
         self._wake = asyncio.Event()
         self._lag = LagMonitor()
         self._pubsub: PubSub | None = None
         self._background: list[asyncio.Task[None]] = []
         self._draining = False
         self._redis_outage = OutageLog(log, "redis_unavailable", "redis_available_again")
-        self._claim: Any = None
+        self._claimer: Claimer | None = None
         self._leases = LeaseKeeper(redis_url, self._lease_ms)
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
@@ -175,7 +164,7 @@ class PoolWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         self.ctx["redis"] = self.pool
-        self._claim = self.pool.register_script(CLAIM_LUA)
+        self._claimer = Claimer(self.pool, self._keys, self._tenants, lease_ms=self._lease_ms)
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._lag.start()
@@ -231,18 +220,16 @@ class PoolWorker(Worker):
         return claimed
 
     async def _claim_and_start(self, count: int) -> int:
-        now_ms = int(time.time() * 1000)
-        args = [now_ms, count, self._scan_limit, self._lease_ms]
-        flat = await self._claim(keys=[self.queue_name], args=args)
-        for raw_id, raw_score in zip(flat[::2], flat[1::2], strict=True):
-            job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        assert self._claimer is not None, "main() sets the claimer up"
+        claimed = await self._claimer.claim(int(time.time() * 1000), count)
+        for job_id, score in claimed:
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, int(float(raw_score))))
+            task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(functools.partial(self._job_finished, job_id))
             self.tasks[job_id] = task
             self._leases.keep(job_id)
-        return len(flat) // 2
+        return len(claimed)
 
     def _job_finished(self, job_id: str, _: asyncio.Task[Any]) -> None:
         self._leases.drop(job_id)
@@ -256,7 +243,7 @@ class PoolWorker(Worker):
             try:
                 if self._pubsub is None:
                     self._pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-                    await self._pubsub.subscribe(self._wake_channel)
+                    await self._pubsub.subscribe(self._keys.wake)
                 message = await self._pubsub.get_message(timeout=30.0)
             except (RedisError, OSError) as exc:
                 outage.failed(exc)

@@ -52,7 +52,8 @@ def create_pool_worker(settings: Settings) -> PoolWorker:
     arq_kwargs: dict[str, Any] = dict(get_kwargs(worker_settings(settings)))
     return PoolWorker(
         **arq_kwargs,
-        wake_channel=Keys(settings.redis.key_prefix).wake,
+        keys=Keys(settings.redis.key_prefix),
+        tenants=settings.tenants,
         max_loop_lag_s=settings.worker.max_loop_lag_ms / 1000,
         job_lease_s=settings.worker.job_lease_s,
         redis_url=settings.redis.url,

@@ -1,0 +1,168 @@
+"""The claim script against the real Redis: tenants take turns, caps hold, nothing is lost.
+
+Jobs are written exactly as plain arq writes them (``arq:job:{id}`` and a score in the queue), or
+by the pool's own enqueue, and claimed with ``Claimer`` as a worker claims them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from llm_pool.enqueue import Enqueuer
+from llm_pool.fairness import fair_prefix, index_tenant
+from llm_pool.keys import Keys
+from llm_pool.settings import TenantLimits, TenantsSection
+from worker.claim import Claimer
+
+A, B, C = (str(uuid.uuid4()) for _ in range(3))
+
+
+@pytest.fixture
+async def keys(aredis: aioredis.Redis) -> AsyncIterator[Keys]:
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    yield keys
+    await aredis.delete(*[k async for k in aredis.scan_iter(match=f"{keys.prefix}:*")])
+
+
+class Queue:
+    """Plain-arq style writes plus a claimer, with the job ids' tenants remembered."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, tenants: TenantsSection | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.claimer = Claimer(redis, keys, tenants or TenantsSection(), lease_ms=5000, sweep_period_ms=1)
+        self.tenant_of: dict[str, str] = {}
+        self.ids: list[str] = []
+        self.score = int(time.time() * 1000) - 100_000
+
+    async def put(self, tenant: str, count: int = 1, *, envelope: bytes | None = None) -> list[str]:
+        ids = []
+        for _ in range(count):
+            job_id = uuid.uuid4().hex
+            request = {"model": "fast", "messages": [{"role": "user", "content": "x"}], "tenant_id": tenant}
+            body = (
+                envelope or json.dumps({"t": 1, "f": "complete", "a": [request], "k": {}, "et": 1}).encode()
+            )
+            self.score += 1
+            await self.redis.set(f"arq:job:{job_id}", body, px=60_000)
+            await self.redis.zadd(self.keys.queue, {job_id: self.score})
+            self.tenant_of[job_id] = tenant
+            ids.append(job_id)
+        self.ids += ids
+        return ids
+
+    async def claim(self, count: int) -> list[str]:
+        return [job_id for job_id, _ in await self.claimer.claim(int(time.time() * 1000), count)]
+
+    async def finish(self, job_id: str) -> None:
+        """What arq does when a job ends."""
+        await self.redis.delete(f"arq:in-progress:{job_id}", f"arq:job:{job_id}")
+        await self.redis.zrem(self.keys.queue, job_id)
+
+    async def cleanup(self) -> None:
+        for job_id in self.ids:
+            await self.redis.delete(f"arq:in-progress:{job_id}", f"arq:job:{job_id}")
+
+
+@pytest.fixture
+async def queue(aredis: aioredis.Redis, keys: Keys) -> AsyncIterator[Queue]:
+    q = Queue(aredis, keys)
+    yield q
+    await q.cleanup()
+
+
+async def test_tenants_take_turns_whatever_the_backlog(queue: Queue) -> None:
+    await queue.put(A, 50)
+    await queue.put(B, 3)
+    await queue.put(C, 1)
+    claimed = await queue.claim(7)
+    assert [queue.tenant_of[i] for i in claimed] == [A, B, C, A, B, A, B]
+    # Within a tenant, first in first out.
+    a_ids = [i for i in claimed if queue.tenant_of[i] == A]
+    assert a_ids == [i for i in queue.ids if queue.tenant_of[i] == A][:3]
+
+
+async def test_a_newcomer_is_served_within_one_turn_of_a_long_backlog(queue: Queue) -> None:
+    await queue.put(A, 500)
+    assert [queue.tenant_of[i] for i in await queue.claim(3)] == [A, A, A]
+    [b_job] = await queue.put(B, 1)
+    next_two = await queue.claim(1) + await queue.claim(1)
+    assert b_job in next_two
+
+
+async def test_concurrency_caps_default_and_override(aredis: aioredis.Redis, keys: Keys) -> None:
+    tenants = TenantsSection(
+        default=TenantLimits(max_concurrent=2), overrides={B: TenantLimits(max_concurrent=0)}
+    )
+    queue = Queue(aredis, keys, tenants)
+    try:
+        await queue.put(A, 10)
+        await queue.put(B, 5)
+        first = await queue.claim(20)
+        assert sorted(queue.tenant_of[i] for i in first) == sorted([A, A, B, B, B, B, B])
+        assert await queue.claim(20) == []  # A is at its cap
+        await queue.finish(first[0])
+        again = await queue.claim(20)
+        assert [queue.tenant_of[i] for i in again] == [A]
+        # A worker that dies holds its slot only until its lease lapses.
+        await aredis.delete(f"arq:in-progress:{again[0]}")
+        assert [queue.tenant_of[i] for i in await queue.claim(20)] == [A]
+        assert await queue.claim(20) == []
+    finally:
+        await queue.cleanup()
+
+
+async def test_a_job_whose_claim_lapsed_is_claimed_again(queue: Queue) -> None:
+    [job] = await queue.put(A, 1)
+    assert await queue.claim(5) == [job]
+    assert await queue.claim(5) == []  # running
+    await queue.redis.delete(f"arq:in-progress:{job}")  # its worker died: the lease lapsed
+    assert await queue.claim(5) == [job]
+
+
+async def test_stale_index_entries_are_dropped(queue: Queue) -> None:
+    gone, kept = await queue.put(A, 2)
+    await queue.claim(0)  # indexes both
+    await queue.redis.zrem(queue.keys.queue, gone)  # e.g. aborted, or run by a plain arq worker
+    assert await queue.claim(5) == [kept]
+    prefix = fair_prefix(queue.keys)
+    assert await cast(Awaitable[int], queue.redis.hlen(prefix + "jobs")) == 0
+    assert await queue.redis.zcard(prefix + "tenants") == 0
+
+
+async def test_deferred_jobs_wait_for_their_time(queue: Queue) -> None:
+    [later] = await queue.put(A, 1)
+    await queue.redis.zadd(queue.keys.queue, {later: int(time.time() * 1000) + 60_000})
+    [now] = await queue.put(B, 1)
+    assert await queue.claim(5) == [now]
+
+
+async def test_unreadable_envelopes_are_still_claimed(queue: Queue) -> None:
+    [pickled] = await queue.put(A, 1, envelope=b"\x80\x04\x95 not json")
+    [not_uuid] = await queue.put("tenant-x", 1)
+    assert sorted(await queue.claim(5)) == sorted([pickled, not_uuid])
+
+
+async def test_the_pools_own_enqueue_indexes_at_once(aredis: aioredis.Redis, keys: Keys) -> None:
+    enqueuer = Enqueuer(aredis, keys)
+    job_id = uuid.uuid4().hex
+    request = {"model": "fast", "messages": [], "tenant_id": A.upper()}
+    try:
+        assert await enqueuer.enqueue("complete", job_id, request) is None
+        indexed_under = await cast(Awaitable[bytes | None], aredis.hget(fair_prefix(keys) + "jobs", job_id))
+        assert indexed_under == A.encode()
+    finally:
+        await aredis.delete(f"arq:job:{job_id}")
+
+
+def test_index_tenant_matches_uuid_canonical_form() -> None:
+    assert index_tenant(A.upper()) == A
+    assert index_tenant("{" + uuid.UUID(A).hex + "}") == A
+    assert index_tenant("tenant-x") == ""
