@@ -170,7 +170,12 @@ class Execution:
         refusal = await self._state.limiter.admit(request.tenant_id, limits)
         if refusal is not None:
             raise RequestFailed(ErrorCode.OVER_BUDGET, refusal.message(request.tenant_id))
-        self._log.info("request_started", stream=self._stream, queued_ms=self._queued_ms())
+        queued_ms = self._queued_ms()
+        self._log.info("request_started", stream=self._stream, queued_ms=queued_ms)
+        metrics = self._state.metrics
+        metrics.queue_wait.observe(queued_ms / 1000)
+        if self._job.attempt > 1:
+            metrics.retries.labels(metrics.group(request.model), "rerun").inc()
         work: asyncio.Task[Completion] = asyncio.get_running_loop().create_task(self._call(group, request))
         self._state.cancels.watch(self._job.request_id, work)
         try:
@@ -241,6 +246,8 @@ class Execution:
                     raise
                 retries -= 1
                 wait_s = min(limited.retry_after_s, cap_s)
+                metrics = self._state.metrics
+                metrics.retries.labels(metrics.group(request.model), "rate_limited").inc()
                 self._log.info("rate_limited_waiting", retry_after_s=wait_s)
                 await asyncio.sleep(wait_s)
 
@@ -258,6 +265,10 @@ class Execution:
             seq = 0
             try:
                 async for piece in call:
+                    if seq == 0 and resumes == 0:
+                        state.metrics.ttft.labels(state.metrics.group(group)).observe(
+                            time.monotonic() - self._started
+                        )
                     self._publish(
                         channel, ChunkEvent(text=piece.text, request_id=self._job.request_id, seq=seq)
                     )
@@ -277,6 +288,7 @@ class Execution:
                 resumes += 1
                 self._attempt += 1
                 self._log.warning("stream_resumed", error=exc.reason, chunks_lost=seq)
+                state.metrics.retries.labels(state.metrics.group(request.model), "stream_resumed").inc()
                 self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
 
     def _publish(self, channel: str, event: ChunkEvent | ResetEvent) -> None:
@@ -320,6 +332,7 @@ class Execution:
                 ledger=ledger,
             )
         )
+        self._count(reply)
         if isinstance(reply, OkReply):
             state.counters.done += 1
             self._log.info(
@@ -342,6 +355,20 @@ class Execution:
                 latency_ms=reply.latency_ms,
                 duplicate=not written,
             )
+
+    def _count(self, reply: OkReply | ErrorReply) -> None:
+        metrics = self._state.metrics
+        group = metrics.group(reply.model)
+        metrics.latency.labels(group).observe(reply.latency_ms / 1000)
+        if isinstance(reply, ErrorReply):
+            metrics.requests.labels(group, reply.error.code.value, "").inc()
+            return
+        metrics.requests.labels(group, "ok", reply.served_by).inc()
+        metrics.tokens.labels(group, "prompt").inc(reply.usage.prompt_tokens)
+        metrics.tokens.labels(group, "completion").inc(reply.usage.completion_tokens)
+        metrics.cost.labels(group).inc(reply.usage.cost_usd)
+        if reply.fallback:
+            metrics.fallbacks.labels(group).inc()
 
     def _latency_ms(self) -> int:
         return int((time.monotonic() - self._started) * 1000)

@@ -13,8 +13,9 @@ from llm_pool.settings import Settings
 from worker.cancellation import CancelWatcher
 from worker.heartbeat import HeartbeatTask
 from worker.limits import Limiter
+from worker.metrics import Metrics
 from worker.outbox import Outbox
-from worker.state import WorkerState, default_worker_id
+from worker.state import JobCounters, WorkerState, default_worker_id
 
 log = get_logger("worker")
 
@@ -29,6 +30,10 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
         router = PoolRouter(settings)
         outbox = Outbox(SyncRedis.from_url(settings.redis.url))
         cancels = CancelWatcher(redis, keys.cancel)
+        counters = JobCounters()
+        metrics = Metrics(list(settings.groups), lambda: counters.running)
+        if settings.metrics.port:
+            metrics.serve(settings.metrics.host, settings.metrics.port, settings.redis.url, keys.queue)
         state = WorkerState(
             settings=settings,
             keys=keys,
@@ -37,7 +42,9 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
             outbox=outbox,
             cancels=cancels,
             limiter=Limiter(redis, keys),
+            metrics=metrics,
             worker_id=worker_id,
+            counters=counters,
         )
         heartbeat = HeartbeatTask(
             redis, keys.heartbeat(worker_id), settings.worker.heartbeat_interval_s, state.heartbeat

@@ -16,6 +16,7 @@ from llm_pool.settings import Settings
 from llm_pool.version import __version__
 from worker.cancellation import CancelWatcher
 from worker.limits import Limiter
+from worker.metrics import Metrics
 from worker.outbox import Outbox
 
 
@@ -39,6 +40,7 @@ class WorkerState:
     outbox: Outbox
     cancels: CancelWatcher
     limiter: Limiter
+    metrics: Metrics
     worker_id: str
     host: str = field(default_factory=socket.gethostname)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))

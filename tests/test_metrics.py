@@ -1,0 +1,95 @@
+"""The worker's Prometheus endpoint, scraped over HTTP after real requests."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llm_pool.client import LLMPool
+from llm_pool.schemas import ErrorReply, OkReply
+from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
+from tests.conftest import REDIS_URL, Pool, user
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def mpool(
+    tmp_path_factory: pytest.TempPathFactory, provider: FakeProviderProcess
+) -> Iterator[tuple[Pool, str]]:
+    """A pool whose worker serves metrics, and the URL to scrape."""
+    port = free_port()
+    pool = Pool(
+        tmp_path_factory.mktemp("metrics"), provider, extra=f"[metrics]\nport = {port}\nhost = '127.0.0.1'\n"
+    )
+    pool.wait_ready(pool.start_worker())
+    yield pool, f"http://127.0.0.1:{port}/metrics"
+    pool.stop()
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(url, timeout=5).raise_for_status().text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_count_requests_tokens_fallbacks_and_ttft(
+    mpool: tuple[Pool, str], provider: FakeProviderProcess
+) -> None:
+    pool, url = mpool
+    tenant = str(uuid.uuid4())
+    async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
+        ok = await client.complete("fast", user(), tenant)
+        streamed = [e async for e in client.stream("fast", user(), tenant)]
+        bad = await client.complete("no-such-group", user(), tenant)
+        for group, kind, _ in DEPLOYMENTS:
+            if group == "quality":
+                provider.configure(f"{group}-{kind}", fault="500")
+        fell_back = await client.complete("quality", user(), tenant)
+    assert isinstance(ok, OkReply) and streamed and isinstance(bad, ErrorReply)
+    assert isinstance(fell_back, OkReply) and fell_back.fallback
+    samples = scrape(url)
+    served = value(samples, "llm_pool_requests_total", group="fast", status="ok", deployment=ok.served_by)
+    assert served >= 1
+    assert (
+        value(samples, "llm_pool_requests_total", group="other", status="invalid_request", deployment="") == 1
+    )
+    assert (
+        value(
+            samples, "llm_pool_requests_total", group="quality", status="ok", deployment=fell_back.served_by
+        )
+        == 1
+    )
+    assert value(samples, "llm_pool_fallbacks_total", group="quality") == 1
+    completion = ok.usage.completion_tokens + fell_back.usage.completion_tokens
+    assert (
+        value(samples, "llm_pool_tokens_total", group="fast", kind="completion") >= ok.usage.completion_tokens
+    )
+    assert value(samples, "llm_pool_tokens_total", group="quality", kind="completion") == (
+        completion - ok.usage.completion_tokens
+    )
+    assert value(samples, "llm_pool_cost_usd_total", group="quality") == pytest.approx(
+        fell_back.usage.cost_usd
+    )
+    assert value(samples, "llm_pool_time_to_first_token_seconds_count", group="fast") == 1
+    assert value(samples, "llm_pool_request_latency_seconds_count", group="fast") == 2
+    assert value(samples, "llm_pool_queue_wait_seconds_count") == 3  # the bad one never started
+    assert ("llm_pool_queue_depth", frozenset()) in samples
+    assert value(samples, "llm_pool_jobs_running") == 0
