@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bench.progress import bar, echo
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.settings import load_settings
@@ -42,7 +43,7 @@ SECRETS = {"OPENAI_API_KEY": "sk-chaos-not-a-key", "ANTHROPIC_API_KEY": "sk-ant-
 
 
 def say(message: str) -> None:
-    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    echo(f"[chaos {time.strftime('%H:%M:%S')}] {message}")
 
 
 @dataclass
@@ -125,7 +126,7 @@ async def run_chaos(
     tracked: dict[str, Tracked] = {}
     outage = asyncio.Event()
     done_sending = asyncio.Event()
-    kills = restarts = 0
+    kills = restarts = sent = 0
     started = time.monotonic()
 
     async def listen() -> None:
@@ -149,6 +150,8 @@ async def run_chaos(
                         item.text.clear()
                     else:
                         item.finals += 1
+                        if item.finals == 1:
+                            progress.update()
             except (RedisError, OSError):
                 for item in tracked.values():
                     if item.finals == 0:
@@ -159,7 +162,11 @@ async def run_chaos(
                     await pubsub.aclose()
                     await client.aclose()
 
+    def show_counts() -> None:
+        progress.set_postfix(sent=sent, kills=kills, redis_restarts=restarts, refresh=False)
+
     async def send(client: LLMPool) -> None:
+        nonlocal sent
         for index in range(requests):
             request_id = uuid.uuid4().hex
             stream = index % 2 == 0
@@ -178,6 +185,8 @@ async def run_chaos(
                     await asyncio.sleep(0.2)
             if index % 50 == 0:
                 say(f"sent {index}/{requests}")
+            sent = index + 1
+            show_counts()
             await asyncio.sleep(1 / rate_per_s)
         done_sending.set()
 
@@ -189,6 +198,7 @@ async def run_chaos(
             victim = random.choice([w for w in pool if w.alive])
             victim.kill()
             kills += 1
+            show_counts()
             replacement = WorkerProcess(f"c{uuid.uuid4().hex[:6]}", env, tmp)
             pool.append(replacement)
             say(f"SIGKILLed {victim.worker_id}, started {replacement.worker_id}")
@@ -199,8 +209,10 @@ async def run_chaos(
                 await asyncio.sleep(2)
                 server.start()
                 restarts += 1
+                show_counts()
                 say("Redis is back")
 
+    progress = bar("answered", total=requests, unit="req")
     listener = asyncio.ensure_future(listen())
     await asyncio.sleep(0.5)
     async with LLMPool(settings, redis_url=server.url) as client:
@@ -218,12 +230,14 @@ async def run_chaos(
                 await asyncio.sleep(0.5)
                 continue
             left = sum(r is None for r in replies)
+            progress.update(max(0, len(ids) - left - progress.n))  # replies whose final event was missed
             if not left:
                 break
             say(f"{left} replies outstanding")
             await asyncio.sleep(1)
     finally:
         await reader.aclose()
+        progress.close()
     await asyncio.sleep(1)  # late final events
     listener.cancel()
     for worker in pool:

@@ -2,7 +2,8 @@
 
 ``python -m bench.direct ttft STREAMS ROUNDS``: time to first token of ``Router.acompletion(stream=True)``
 ``python -m bench.direct ceiling STREAMS``: chunks/s of one process consuming STREAMS streams at once.
-Settings come from ``LLM_POOL_SETTINGS`` (the same file the workers use); prints one JSON line.
+Settings come from ``LLM_POOL_SETTINGS`` (the same file the workers use); prints one JSON line,
+and a progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 
+from bench.progress import bar
 from llm_pool.router import PoolRouter
 from llm_pool.schemas import CompletionRequest
 from llm_pool.settings import load_settings
@@ -34,12 +36,14 @@ async def ttft(streams: int, rounds: int) -> dict[str, list[float]]:
         async for _ in router.stream("fast", request):
             if not first:
                 first = time.perf_counter() - started
+        progress.update()
         return first * 1000
 
-    await asyncio.gather(*[one() for _ in range(min(streams, 5))])  # warm-up
-    samples: list[float] = []
-    for _ in range(rounds):
-        samples += await asyncio.gather(*[one() for _ in range(streams)])
+    with bar("  direct streams", total=streams * rounds + min(streams, 5), unit="stream") as progress:
+        await asyncio.gather(*[one() for _ in range(min(streams, 5))])  # warm-up
+        samples: list[float] = []
+        for _ in range(rounds):
+            samples += await asyncio.gather(*[one() for _ in range(streams)])
     return {"ttft_ms": samples}
 
 
@@ -52,12 +56,14 @@ async def ceiling(streams: int) -> dict[str, float]:
         nonlocal chunks
         async for _ in router.stream("fast", request):
             chunks += 1
+            progress.update()
 
-    await asyncio.gather(*[one() for _ in range(2)])  # warm-up
-    chunks = 0
-    started = time.perf_counter()
-    await asyncio.gather(*[one() for _ in range(streams)])
-    elapsed = time.perf_counter() - started
+    with bar("  ceiling chunks", unit="chunk") as progress:
+        await asyncio.gather(*[one() for _ in range(2)])  # warm-up
+        chunks = 0
+        started = time.perf_counter()
+        await asyncio.gather(*[one() for _ in range(streams)])
+        elapsed = time.perf_counter() - started
     return {"chunks": chunks, "seconds": elapsed, "chunks_per_s": chunks / elapsed}
 
 

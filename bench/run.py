@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -27,6 +28,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from bench.progress import bar, say
+from bench.proxy import LiteLLMProxy, ProxyUnavailable, ensure_venv, proxy_config
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import ChunkEvent, Heartbeat, OkReply
@@ -42,10 +45,6 @@ BENCH_DEPLOYMENTS = (
 SECRETS = {"OPENAI_API_KEY": "sk-bench-not-a-key", "ANTHROPIC_API_KEY": "sk-ant-bench-not-a-key"}
 T = TypeVar("T")
 WORKER_OVERRIDES: dict[str, Any] = json.loads(os.environ.get("LLM_POOL_BENCH_WORKER", "{}"))
-
-
-def say(message: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -123,7 +122,7 @@ class Bench:
             [sys.executable, "-m", "bench.direct", *args],
             env=self.env,
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,  # its progress bar goes to stderr
             text=True,
             timeout=900,
             check=True,
@@ -153,12 +152,18 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-async def timed(n: int, call: Callable[[], Awaitable[T]]) -> list[float]:
+async def elapsed_ms(call: Callable[[], Awaitable[T]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return (time.perf_counter() - started) * 1000
+
+
+async def timed(n: int, call: Callable[[], Awaitable[T]], desc: str) -> list[float]:
     samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
+    with bar(desc, total=n, unit="call") as progress:
+        for _ in range(n):
+            samples.append(await elapsed_ms(call))
+            progress.update()
     return samples
 
 
@@ -188,7 +193,7 @@ async def arq_round_trip(bench: Bench, poll_delay: float, samples: int) -> list[
             await job.result(timeout=30, poll_delay=poll_delay)
 
         await one()
-        return await timed(samples, one)
+        return await timed(samples, one, f"  arq poll_delay {poll_delay} s")
     finally:
         await arq.aclose()
         process.terminate()
@@ -215,11 +220,11 @@ async def round_trip(bench: Bench) -> None:
             # An unknown group is answered by the worker without LiteLLM: the pool's own cost.
             await client.complete("no-such-group", [{"role": "user", "content": "hi"}], tenant)
 
-        await timed(20, pool_call)
+        await timed(20, pool_call, "  warm-up")
         for run in range(runs):
-            samples = await timed(30 if quick else 200, pool_call)
+            samples = await timed(30 if quick else 200, pool_call, f"  pool run {run + 1}/{runs}")
             p50s.append(pct(samples, 50))
-            overhead += await timed(30 if quick else 200, rejected_call)
+            overhead += await timed(30 if quick else 200, rejected_call, f"  rejected run {run + 1}/{runs}")
             say(f"  pool run {run + 1}/{runs}: p50 {p50s[-1]:.2f} ms, p99 {pct(samples, 99):.2f} ms")
     bench.stop_workers()
     say("  plain arq, default poll_delay 0.5 s (a no-op job)")
@@ -272,12 +277,14 @@ async def pool_ttft(bench: Bench, streams: int, rounds: int) -> list[float]:
             async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
                 if isinstance(event, ChunkEvent) and not first:
                     first = time.perf_counter() - started
+            progress.update()
             return first * 1000
 
-        await asyncio.gather(*[one() for _ in range(min(streams, 5))])
-        samples: list[float] = []
-        for _ in range(rounds):
-            samples += await asyncio.gather(*[one() for _ in range(streams)])
+        with bar("  pool streams", total=streams * rounds + min(streams, 5), unit="stream") as progress:
+            await asyncio.gather(*[one() for _ in range(min(streams, 5))])
+            samples: list[float] = []
+            for _ in range(rounds):
+                samples += await asyncio.gather(*[one() for _ in range(streams)])
         return samples
 
 
@@ -317,36 +324,38 @@ async def ttft(bench: Bench) -> None:
 # --- 3. throughput ---------------------------------------------------------------------------------
 
 
-async def delivered(bench: Bench, streams: int) -> dict[str, float]:
-    """Enqueue ``streams`` streams at once and count the chunks subscribers receive."""
+async def delivered(bench: Bench, streams: int, tokens: int) -> dict[str, float]:
+    """Enqueue ``streams`` streams of ``tokens`` tokens at once and count the chunks subscribers receive."""
     listener = aioredis.Redis.from_url(REDIS_URL)
     pubsub = listener.pubsub()
     await pubsub.psubscribe(f"{bench.prefix}:stream:*")
     while (await pubsub.get_message(timeout=1)) is None:
         pass
     chunks = finals = errors = 0
-    async with bench.client() as client:
-        tenant = str(uuid.uuid4())
-        started = time.perf_counter()
-        await asyncio.gather(
-            *[
-                client.submit("fast", [{"role": "user", "content": "hi"}], tenant, stream=True)
-                for _ in range(streams)
-            ]
-        )
-        while finals < streams:
-            message = await pubsub.get_message(timeout=60)
-            if message is None:
-                break
-            data = message["data"]
-            if b'"type":"chunk"' in data:
-                chunks += 1
-            elif b'"type":"done"' in data:
-                finals += 1
-            elif b'"type":"error"' in data:
-                finals += 1
-                errors += 1
-        elapsed = time.perf_counter() - started
+    with bar("  chunks delivered", total=streams * tokens, unit="chunk") as progress:
+        async with bench.client() as client:
+            tenant = str(uuid.uuid4())
+            started = time.perf_counter()
+            await asyncio.gather(
+                *[
+                    client.submit("fast", [{"role": "user", "content": "hi"}], tenant, stream=True)
+                    for _ in range(streams)
+                ]
+            )
+            while finals < streams:
+                message = await pubsub.get_message(timeout=60)
+                if message is None:
+                    break
+                data = message["data"]
+                if b'"type":"chunk"' in data:
+                    chunks += 1
+                    progress.update()
+                elif b'"type":"done"' in data:
+                    finals += 1
+                elif b'"type":"error"' in data:
+                    finals += 1
+                    errors += 1
+            elapsed = time.perf_counter() - started
     await pubsub.aclose()
     await listener.aclose()
     return {
@@ -370,7 +379,7 @@ async def throughput(bench: Bench) -> None:
     for count in (1, 2):
         say(f"  {count} worker process(es)")
         bench.start_workers(count)
-        result = await delivered(bench, streams)
+        result = await delivered(bench, streams, tokens)
         bench.stop_workers()
         complete = result["chunks"] == streams * tokens and result["finals"] == streams
         bench.results.add(
@@ -418,14 +427,18 @@ async def overload(bench: Bench) -> None:
 
         async def one(index: int) -> tuple[int, float]:
             started = time.perf_counter()
+            first = float("nan")
             async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
                 if isinstance(event, ChunkEvent):
-                    return index, (time.perf_counter() - started) * 1000
-            return index, float("nan")
+                    first = (time.perf_counter() - started) * 1000
+                    break
+            progress.update()
+            return index, first
 
-        started = time.perf_counter()
-        results = await asyncio.gather(*[one(i) for i in range(streams)])
-        total = time.perf_counter() - started
+        with bar("  streams with a first token", total=streams, unit="stream") as progress:
+            started = time.perf_counter()
+            results = await asyncio.gather(*[one(i) for i in range(streams)])
+            total = time.perf_counter() - started
     bench.stop_workers()
     ttfts = [t for _, t in sorted(results)]
     last = ttfts[-max(1, streams // 10) :]
@@ -456,10 +469,14 @@ async def idle(bench: Bench) -> None:
     await asyncio.sleep(2)
     client = aioredis.Redis.from_url(REDIS_URL)
     before = await command_calls(client)
-    await asyncio.sleep(window)
+    started = time.perf_counter()
+    with bar("  idle", total=window, unit="s") as progress:
+        for _ in range(window):
+            await asyncio.sleep(1)
+            progress.update()
     after = await command_calls(client)
+    per_s = (after - before - 1) / (time.perf_counter() - started)
     await client.aclose()
-    per_s = (after - before - 1) / window
     bench.results.add(
         section,
         "Redis commands per second, idle worker",
@@ -474,14 +491,16 @@ async def idle(bench: Bench) -> None:
 
         samples: list[float] = []
         pings: list[float] = []
-        hot: list[float] = []
         raw = aioredis.Redis.from_url(REDIS_URL)
-        for _ in range(10 if quick else 30):
-            await asyncio.sleep(0.7)  # let the worker go idle, blocked on the wake channel
-            samples += await timed(1, rejected)
-            await asyncio.sleep(0.7)
-            pings += await timed(1, raw.ping)
-        hot = await timed(30, rejected)
+        gaps = 10 if quick else 30
+        with bar("  requests after an idle gap", total=gaps, unit="gap") as progress:
+            for _ in range(gaps):
+                await asyncio.sleep(0.7)  # let the worker go idle, blocked on the wake channel
+                samples.append(await elapsed_ms(rejected))
+                await asyncio.sleep(0.7)
+                pings.append(await elapsed_ms(raw.ping))
+                progress.update()
+        hot = await timed(30, rejected, "  back to back")
         await raw.aclose()
     bench.results.add(
         section,
@@ -573,6 +592,103 @@ async def startup(bench: Bench) -> None:
     )
 
 
+# --- 8. versus a LiteLLM proxy --------------------------------------------------------------------
+
+
+def proxy_of(bench: Bench, command: Path) -> LiteLLMProxy:
+    """A LiteLLM proxy whose one model is the pool's ``fast`` deployment on the fake provider."""
+    [(group, kind, model)] = [d for d in BENCH_DEPLOYMENTS if d[0] == "fast"]
+    api_base = bench.provider.api_base(f"{group}-{kind}", kind)
+    return LiteLLMProxy(command, proxy_config(model, api_base, SECRETS["OPENAI_API_KEY"]), bench.tmp)
+
+
+def chunk_rate(result: dict[str, float], expected: int) -> str:
+    complete = "" if result["chunks"] == expected else f", INCOMPLETE: {expected} expected"
+    chunks, seconds = result["chunks"], result["seconds"]
+    return f"{result['chunks_per_s']:.0f} ({chunks:.0f} chunks, {seconds:.1f} s{complete})"
+
+
+async def proxy_ttft(bench: Bench, proxy: LiteLLMProxy, section: str) -> None:
+    quick = bench.results.quick
+    bench.configure(tokens=5 if quick else 10, token_delay_ms=20)
+    for streams, rounds in ((1, 3), (5, 1)) if quick else ((1, 20), (50, 3)):
+        label = "1 stream" if streams == 1 else f"{streams} concurrent streams"
+        say(f"  TTFT, {label}, 20 ms per token: direct, pool, proxy")
+        direct = bench.direct("ttft", str(streams), str(rounds))["ttft_ms"]
+        measured = {
+            "pool": await pool_ttft(bench, streams, rounds),
+            "proxy": await proxy.ttft(streams, rounds),
+        }
+        for name, samples in {"direct": direct, **measured}.items():
+            bench.results.add(
+                section,
+                f"{label}: TTFT {name} p50 / p99",
+                f"{pct(samples, 50):.2f} / {pct(samples, 99):.2f} ms",
+            )
+        for name, samples in measured.items():
+            bench.results.add(
+                section,
+                f"{label}: {name} minus direct, p50 / p99",
+                f"{pct(samples, 50) - pct(direct, 50):.2f} / {pct(samples, 99) - pct(direct, 99):.2f} ms",
+            )
+
+
+async def proxy_chunks(bench: Bench, proxy: LiteLLMProxy, section: str) -> None:
+    streams, tokens = (5, 100) if bench.results.quick else (50, 300)
+    bench.configure(tokens=tokens)
+    say(f"  chunks/s, {streams} concurrent streams of {tokens} tokens, zero-delay provider")
+    ceiling = bench.direct("ceiling", str(streams))
+    pooled = await delivered(bench, streams, tokens)
+    proxied = await proxy.chunks(streams, tokens)
+    label = f"{streams} x {tokens} tokens"
+    r = bench.results
+    r.add(section, f"{label}: LiteLLM Router in-process (ceiling)", f"{ceiling['chunks_per_s']:.0f} chunks/s")
+    r.add(section, f"{label}: pool, 1 worker, chunks/s to subscribers", chunk_rate(pooled, streams * tokens))
+    r.add(section, f"{label}: proxy, 1 worker, chunks/s to the client", chunk_rate(proxied, streams * tokens))
+    r.add(
+        section,
+        "share of the ceiling, pool / proxy",
+        f"{pooled['chunks_per_s'] / ceiling['chunks_per_s']:.0%} / "
+        f"{proxied['chunks_per_s'] / ceiling['chunks_per_s']:.0%}",
+    )
+    r.add(section, "pool / proxy, chunks/s", f"{pooled['chunks_per_s'] / proxied['chunks_per_s']:.2f}x")
+
+
+async def versus_proxy(bench: Bench) -> None:
+    section = "8. Versus a LiteLLM proxy"
+    say(section)
+    try:
+        command = ensure_venv()
+    except ProxyUnavailable as exc:
+        if not bench.results.quick:
+            raise
+        bench.results.add(section, "LiteLLM proxy", f"skipped: {exc}")
+        return
+    proxy = proxy_of(bench, command)
+    try:
+        bench.start_workers(1)  # while the proxy starts
+        say(f"  proxy answering {await proxy.wait_ready():.1f} s after its start")
+        await proxy_ttft(bench, proxy, section)
+        await proxy_chunks(bench, proxy, section)
+    finally:
+        proxy.stop()
+    bench.stop_workers()
+    bench.results.note(
+        section,
+        "How it was run: the proxy is LiteLLM's own server of the same release "
+        "(`litellm --config <yaml> --num_workers 1`: uvicorn, one process, a master key, no database, "
+        "no retries, `LITELLM_LOCAL_MODEL_COST_MAP=True`), installed into `.bench-venv/` from the "
+        "hash-pinned `bench/proxy-requirements.lock` (litellm plus the `proxy` extra's dependencies; "
+        "`litellm[proxy]` itself does not resolve). Its one model is the deployment the pool's `fast` "
+        "group uses (`openai/gpt-4.1-mini` on the fake provider's `fast-openai`). It is read by an "
+        "aiohttp SSE client in the benchmark process, which counts the chunks that carry text and "
+        "times the first of them; the pool is read by `LLMPool.stream` (TTFT) and by a pub-sub "
+        "subscriber (chunks/s), with one worker process. Direct is `bench/direct.py`: the Router "
+        "in-process, with no hop of its own. All three ran in this run, one after the other, on the "
+        "same 2 cores as the fake provider and Redis.",
+    )
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -597,8 +713,8 @@ def machine() -> str:
     )
 
 
-def write_report(results: Results, path: Path, seconds: float) -> None:
-    lines = [
+def header(results: Results, seconds: float) -> list[str]:
+    return [
         "# Benchmarks",
         "",
         f"Written by `python -m bench.run{' --quick' if results.quick else ''}` on "
@@ -610,14 +726,65 @@ def write_report(results: Results, path: Path, seconds: float) -> None:
         "compare ratios within a run.",
         "",
     ]
-    for section, rows in results.rows.items():
-        lines += [f"## {section}", "", "| metric | value | target |", "|---|---|---|"]
-        lines += [f"| {m} | {v} | {t} |" for m, v, t in rows]
-        lines += [""] + [f"{n}" for n in results.notes.get(section, [])] + [""]
+
+
+def section_lines(results: Results, section: str) -> list[str]:
+    lines = [f"## {section}", "", "| metric | value | target |", "|---|---|---|"]
+    lines += [f"| {m} | {v} | {t} |" for m, v, t in results.rows[section]]
+    return [*lines, "", *results.notes.get(section, []), ""]
+
+
+def write_report(results: Results, path: Path, seconds: float) -> None:
+    lines = header(results, seconds)
+    for section in results.rows:
+        lines += section_lines(results, section)
     profile = Path(__file__).with_name("ceiling_profile.md")
     if profile.exists():
         lines += [profile.read_text()]
     path.write_text("\n".join(lines))
+
+
+def split_sections(text: str) -> tuple[list[str], list[list[str]]]:
+    """A report's lines before its first ``## `` heading, and its sections, each heading first."""
+    head: list[str] = []
+    sections: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            head.append(line)
+    return head, sections
+
+
+def section_number(heading: str) -> float:
+    """``## 8. Versus a LiteLLM proxy`` -> 8; a heading without a number sorts after all others."""
+    number = heading.removeprefix("## ").split(".", 1)[0]
+    return int(number) if number.isdigit() else math.inf
+
+
+def merge_report(results: Results, text: str, rerun: str) -> str:
+    """``text`` with the sections of ``results`` put in place of those of the same number."""
+    head, sections = split_sections(text)
+    for section in results.rows:
+        fresh = section_lines(results, section)
+        fresh[1:1] = ["", rerun]
+        number = section_number(fresh[0])
+        at = next((i for i, old in enumerate(sections) if section_number(old[0]) >= number), len(sections))
+        if at < len(sections) and section_number(sections[at][0]) == number:
+            sections[at] = fresh
+        else:
+            sections.insert(at, fresh)
+    return "\n".join(head + [line for lines in sections for line in lines]) + "\n"
+
+
+def rerun_line(args: argparse.Namespace, seconds: float) -> str:
+    command = f"python -m bench.run{' --quick' if args.quick else ''} --only {' '.join(args.only)}"
+    return (
+        f"_Re-run alone (`{command}`) on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"in {seconds:.0f} s, on {machine()}; the other sections are from the run above._"
+    )
 
 
 SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
@@ -628,6 +795,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "idle": idle,
     "memory": memory,
     "startup": startup,
+    "proxy": versus_proxy,
 }
 
 
@@ -652,13 +820,24 @@ async def run(args: argparse.Namespace) -> Results:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the suite runs (CI)")
-    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(SECTIONS),
+        help="run only these sections and replace just them in an existing output file",
+    )
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
+    output = Path(args.output)
     started = time.perf_counter()
     results = asyncio.run(run(args))
-    write_report(results, Path(args.output), time.perf_counter() - started)
-    say(f"wrote {args.output}")
+    seconds = time.perf_counter() - started
+    if args.only and output.exists():
+        output.write_text(merge_report(results, output.read_text(), rerun_line(args, seconds)))
+        say(f"replaced section(s) {', '.join(args.only)} in {args.output}")
+    else:
+        write_report(results, output, seconds)
+        say(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
