@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from bench.progress import bar, echo, say
-from llm_pool.testing.cluster import ROOT
+from llm_pool.testing.cluster import ROOT, free_port
 
 VENV = ROOT / ".bench-venv"
 LOCK = Path(__file__).with_name("proxy-requirements.lock")
@@ -83,13 +82,6 @@ def ensure_venv() -> Path:
     STAMP.write_text(digest)
     say(f"  built {VENV.name}/ in {time.perf_counter() - started:.0f} s")
     return command
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def proxy_config(model: str, api_base: str, api_key: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -12,15 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ErrorReply, OkReply
-from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
+from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, free_port
 from tests.conftest import REDIS_URL, Pool, user
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import random
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,14 @@ DEPLOYMENTS: tuple[tuple[str, str, str], ...] = (
     ("fast", "anthropic", "anthropic/claude-haiku-4-5"),
 )
 API_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def procfile_command(process: str = "worker", procfile: Path = ROOT / "Procfile") -> list[str]:
