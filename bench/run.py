@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -592,70 +592,127 @@ async def idle(bench: Bench) -> None:
 # --- 6. memory -------------------------------------------------------------------------------------
 
 
+HELD_CHUNKS = 100
+
+
 async def memory(bench: Bench) -> None:
     quick = bench.results.quick
     streams = 50 if quick else 200
     section = "6. Memory"
     say(f"{section}: RSS with {streams} running streams")
-    bench.configure(tokens=200, token_delay_ms=40)
     [worker] = bench.start_workers(1)
-    await asyncio.sleep(1)
-    idle_kb = rss_kb(worker.pid)
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
-        ids = [
-            await client.submit("fast", [{"role": "user", "content": "hi"}], tenant, stream=True)
-            for _ in range(streams)
-        ]
-        peak = idle_kb
-        for _ in range(40):
-            await asyncio.sleep(0.25)
-            beats = [b for b in await heartbeats(bench.keys) if b.worker_id == worker.worker_id]
-            peak = max(peak, rss_kb(worker.pid))
-            if beats and beats[0].jobs_running >= streams:
-                await asyncio.sleep(1)
-                peak = max(peak, rss_kb(worker.pid))
-                break
-        for request_id in ids:
-            await client.cancel(request_id)
+        prompt = [{"role": "user", "content": "hi"}]
+        # One-time costs (LiteLLM's lazy imports, the HTTP connection pool) are not per stream.
+        bench.configure(tokens=2)
+        for _ in range(3):
+            await asyncio.gather(*[client.complete("fast", prompt, tenant) for _ in range(5)])
+            await asyncio.gather(*[collect(client.stream("fast", prompt, tenant)) for _ in range(5)])
+        await asyncio.sleep(1)
+        idle_kb = rss_kb(worker.pid)
+        rss: dict[int, int] = {}
+        for chunks in (1, HELD_CHUNKS):
+            # Each stream sends `chunks` tokens, then holds: running, with that much published.
+            bench.configure(tokens=chunks + 1, hold_after=chunks)
+            ids = [await client.submit("fast", prompt, tenant, stream=True) for _ in range(streams)]
+            await running_streams(bench, worker, streams, f"  streams running, {chunks} chunk(s) each")
+            rss[chunks] = rss_kb(worker.pid)
+            for request_id in ids:
+                await client.cancel(request_id)
+            await running_streams(bench, worker, 0, "  streams cancelled")
     bench.stop_workers()
-    per_stream = (peak - idle_kb) / streams
-    bench.results.add(section, "worker RSS idle", f"{idle_kb / 1024:.1f} MiB")
-    bench.results.add(section, f"worker RSS with {streams} running streams", f"{peak / 1024:.1f} MiB")
-    bench.results.add(
+    per_stream = (rss[1] - idle_kb) / streams
+    per_chunk = (rss[HELD_CHUNKS] - rss[1]) * 1024 / (streams * (HELD_CHUNKS - 1))
+    r = bench.results
+    r.add(section, "worker RSS, idle after a warm-up", f"{idle_kb / 1024:.1f} MiB")
+    r.add(section, f"worker RSS with {streams} running streams", f"{rss[1] / 1024:.1f} MiB")
+    r.add(
         section,
         "per running stream",
         f"{per_stream:.0f} KB",
         "met" if per_stream < 200 else "NOT met (200 KB)",
     )
+    r.add(
+        section,
+        f"the same streams after {HELD_CHUNKS} chunks each",
+        f"{rss[HELD_CHUNKS] / 1024:.1f} MiB, {per_chunk:.0f} bytes per chunk held",
+    )
+    r.note(
+        section,
+        "Streams are held open by the fake provider after their first chunk (or after 100), so the "
+        "first figure is the fixed cost of a running stream. The second shows what grows with a "
+        "stream's length: LiteLLM's CustomStreamWrapper keeps every chunk of a stream "
+        "(`self.chunks`, for its usage and repetition checks) until the stream ends, and no LiteLLM "
+        "setting turns that off. The RSS may not shrink after streams end (the allocator keeps the "
+        "pages), which is why the second phase is measured against the first.",
+    )
+
+
+async def running_streams(bench: Bench, worker: WorkerProcess, target: int, desc: str) -> None:
+    """Wait (up to 60 s) until the worker's heartbeat reports ``target`` running jobs."""
+    with bar(desc, total=max(target, 1), unit="stream") as progress:
+        for _ in range(240):
+            beats = [b for b in await heartbeats(bench.keys) if b.worker_id == worker.worker_id]
+            running = beats[0].jobs_running if beats else -1
+            if target:
+                progress.update(max(0, running) - progress.n)
+            if running == target:
+                await asyncio.sleep(1.5)  # a heartbeat later: every stream is where it holds
+                return
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"the worker never reported {target} running jobs")
+
+
+async def collect(events: AsyncIterator[Any]) -> list[Any]:
+    return [event async for event in events]
 
 
 # --- 7. start-up -----------------------------------------------------------------------------------
 
 
-def import_seconds(module: str) -> float:
-    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    return float(out.stdout.strip())
+IMPORT_TIMES = """
+import json, time
+t0 = time.perf_counter()
+import llm_pool.litellm_setup
+t1 = time.perf_counter()
+import worker.settings
+t2 = time.perf_counter()
+print(json.dumps([t1 - t0, t2 - t1]))
+"""
+
+
+def import_seconds() -> tuple[float, float]:
+    """In one fresh process: importing LiteLLM, then importing the worker on top of it."""
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_TIMES], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    litellm_s, ours_s = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(litellm_s), float(ours_s)
 
 
 async def startup(bench: Bench) -> None:
     section = "7. Start-up"
     say(section)
-    litellm_s = statistics.median(import_seconds("llm_pool.litellm_setup") for _ in range(3))
-    worker_s = statistics.median(import_seconds("worker.settings") for _ in range(3))
+    samples = [import_seconds() for _ in range(5)]
+    litellm_s = statistics.median(s[0] for s in samples)
+    ours = statistics.median(s[1] for s in samples)
     started = time.perf_counter()
     bench.start_workers(1)
     to_heartbeat = time.perf_counter() - started
     bench.stop_workers()
-    ours = max(0.0, worker_s - litellm_s)
     bench.results.add(section, "process start -> first heartbeat", f"{to_heartbeat:.2f} s")
-    bench.results.add(section, "importing litellm", f"{litellm_s:.2f} s")
+    bench.results.add(section, "importing litellm (median of 5 fresh processes)", f"{litellm_s:.2f} s")
     bench.results.add(
         section,
-        "importing the worker, LiteLLM excluded",
+        "importing the worker once litellm is imported (same processes)",
         f"{ours:.2f} s",
         "met" if ours <= 0.3 else "NOT met (0.3 s)",
+    )
+    bench.results.add(
+        section,
+        "the rest of start-up (interpreter, settings, router, LiteLLM warm-up, Redis, first beat)",
+        f"{max(0.0, to_heartbeat - litellm_s - ours):.2f} s",
     )
 
 

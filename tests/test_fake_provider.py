@@ -281,6 +281,20 @@ async def test_delays(fake: FakeProvider) -> None:
     assert time.monotonic() - started >= 0.45
 
 
+async def test_hold_after_keeps_a_stream_open_after_some_tokens(fake: FakeProvider) -> None:
+    configure(fake, "held", tokens=5, hold_after=2)
+    stream = await complete(fake, "openai", "held", **STREAM)
+    texts = []
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.0):
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    texts.append(chunk.choices[0].delta.content)
+    assert texts == ["tok0 ", "tok1 "]
+    await stream.aclose()
+    assert (await wait_for_stats(fake, "held", "disconnects", 1))["completed"] == 0
+
+
 async def test_control_api(fake: FakeProvider) -> None:
     async with httpx.AsyncClient(base_url=fake.base_url) as client:
         assert (await client.get("/_control/health")).json() == {"ok": True}

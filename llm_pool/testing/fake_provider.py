@@ -55,6 +55,8 @@ class DeploymentConfig:
     drop_after: int = 2
     retry_after_s: float = 1.0
     first_token_delay_ms: float = 0.0
+    # Streams only: after this many tokens, hold the stream open without sending more (0: never).
+    hold_after: int = 0
 
     @classmethod
     def from_json(cls, body: object) -> DeploymentConfig:
@@ -559,6 +561,8 @@ class FakeProvider:
             if i == drop_after:
                 _abort(request)
                 return response
+            if i == config.hold_after > 0:
+                await asyncio.Event().wait()  # until the client goes away
             delay_ms = config.first_token_delay_ms if i == 0 else config.token_delay_ms
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000)
