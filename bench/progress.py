@@ -2,11 +2,13 @@
 
 On a terminal a bar redraws in place and disappears when its phase ends, and the timestamped lines
 on stdout stay. In a log (stderr is not a terminal, as in CI) every redraw is a line of its own, at
-most one every ``LOG_INTERVAL_S`` seconds, and a phase shorter than that prints no bar at all.
+most one every ``LOG_INTERVAL_S`` seconds (``LLM_POOL_PROGRESS_INTERVAL_S`` sets another), and a
+phase shorter than that prints no bar at all.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from typing import NoReturn
@@ -43,13 +45,14 @@ def bar(desc: str, total: float | None = None, unit: str = "it") -> tqdm[NoRetur
             leave=False,
             dynamic_ncols=True,
         )
+    interval = float(os.environ.get("LLM_POOL_PROGRESS_INTERVAL_S", LOG_INTERVAL_S))
     return tqdm(
         total=total,
         desc=desc,
         unit=unit,
         file=_LogLines(),
-        mininterval=LOG_INTERVAL_S,
-        delay=LOG_INTERVAL_S,
+        mininterval=interval,
+        delay=interval,
         leave=True,
         ascii=True,
         ncols=100,
