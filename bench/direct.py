@@ -15,6 +15,7 @@ import time
 import uuid
 
 from bench.progress import bar
+from bench.timing import ttft_rounds
 from llm_pool.router import PoolRouter
 from llm_pool.schemas import CompletionRequest
 from llm_pool.settings import load_settings
@@ -30,20 +31,7 @@ async def ttft(streams: int, rounds: int) -> dict[str, list[float]]:
     router = PoolRouter(load_settings())
     request = _request()
 
-    async def one() -> float:
-        started = time.perf_counter()
-        first = 0.0
-        async for _ in router.stream("fast", request):
-            if not first:
-                first = time.perf_counter() - started
-        progress.update()
-        return first * 1000
-
-    with bar("  direct streams", total=streams * rounds + min(streams, 5), unit="stream") as progress:
-        await asyncio.gather(*[one() for _ in range(min(streams, 5))])  # warm-up
-        samples: list[float] = []
-        for _ in range(rounds):
-            samples += await asyncio.gather(*[one() for _ in range(streams)])
+    samples = await ttft_rounds(lambda: router.stream("fast", request), streams, rounds, "  direct streams")
     return {"ttft_ms": samples}
 
 

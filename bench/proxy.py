@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from bench.progress import bar, echo, say
+from bench.timing import ttft_rounds
 from llm_pool.testing.cluster import ROOT, free_port
 
 VENV = ROOT / ".bench-venv"
@@ -167,21 +168,7 @@ class LiteLLMProxy:
     async def ttft(self, streams: int, rounds: int) -> list[float]:
         """Time to the first text chunk, ``rounds`` times ``streams`` concurrent streams (ms)."""
         async with self.session(streams) as session:
-
-            async def one() -> float:
-                started = time.perf_counter()
-                first = 0.0
-                async for _ in self.texts(session):
-                    first = first or time.perf_counter() - started
-                progress.update()
-                return first * 1000
-
-            with bar("  proxy streams", total=streams * rounds + min(streams, 5), unit="stream") as progress:
-                await asyncio.gather(*[one() for _ in range(min(streams, 5))])  # warm-up
-                samples: list[float] = []
-                for _ in range(rounds):
-                    samples += await asyncio.gather(*[one() for _ in range(streams)])
-        return samples
+            return await ttft_rounds(lambda: self.texts(session), streams, rounds, "  proxy streams")
 
     async def chunks(self, streams: int, tokens: int) -> dict[str, float]:
         """``streams`` concurrent streams at once: the text chunks the client receives per second."""

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.progress import bar, say
 from bench.proxy import LiteLLMProxy, ProxyUnavailable, ensure_venv, proxy_config
+from bench.timing import ttft_rounds
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import ChunkEvent, Heartbeat, OkReply
@@ -290,21 +291,12 @@ async def pool_ttft(bench: Bench, streams: int, rounds: int) -> list[float]:
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
 
-        async def one() -> float:
-            started = time.perf_counter()
-            first = 0.0
+        async def chunks() -> AsyncIterator[ChunkEvent]:
             async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
-                if isinstance(event, ChunkEvent) and not first:
-                    first = time.perf_counter() - started
-            progress.update()
-            return first * 1000
+                if isinstance(event, ChunkEvent):
+                    yield event
 
-        with bar("  pool streams", total=streams * rounds + min(streams, 5), unit="stream") as progress:
-            await asyncio.gather(*[one() for _ in range(min(streams, 5))])
-            samples: list[float] = []
-            for _ in range(rounds):
-                samples += await asyncio.gather(*[one() for _ in range(streams)])
-        return samples
+        return await ttft_rounds(chunks, streams, rounds, "  pool streams")
 
 
 async def ttft(bench: Bench) -> None:
