@@ -127,6 +127,18 @@ async def test_a_job_whose_claim_lapsed_is_claimed_again(queue: Queue) -> None:
     assert await queue.claim(5) == [job]
 
 
+async def test_plain_arq_jobs_behind_indexed_ones_are_indexed_without_the_sweep(
+    queue: Queue, aredis: aioredis.Redis
+) -> None:
+    [plain] = await queue.put(A, 1)
+    newer = uuid.uuid4().hex
+    request = {"model": "fast", "messages": [], "tenant_id": B}
+    await Enqueuer(aredis, queue.keys).enqueue("complete", newer, request)  # indexed at once
+    queue.ids.append(newer)
+    await aredis.set(fair_prefix(queue.keys) + "sweep", "1", px=60_000)  # no sweep for a minute
+    assert sorted(await queue.claim(5)) == sorted([plain, newer])
+
+
 async def test_stale_index_entries_are_dropped(queue: Queue) -> None:
     gone, kept = await queue.put(A, 2)
     await queue.claim(0)  # indexes both

@@ -2,9 +2,9 @@
 
 One call of ``CLAIM_LUA`` does three things atomically:
 
-1. indexes the newest queue entries the fair-share index has not seen (jobs enqueued by plain arq),
-   reading each one's tenant from its JSON envelope; it stops at the first entry it knows, so an
-   idle or steady queue costs one read;
+1. indexes the newest queue entries (up to ``index_newest``) that the fair-share index has not
+   seen (jobs enqueued by plain arq), reading each one's tenant from its JSON envelope; an empty
+   queue costs one read;
 2. at most every ``sweep_period_ms`` (one worker at a time), indexes the next ``sweep_batch``
    queue entries that are neither indexed nor claimed: jobs that came back to the queue after
    their worker died or was drained, and any the first step missed;
@@ -64,22 +64,16 @@ local function tenant_of(id)
 end
 
 local function index_if_new(id, score)
-  if redis.call('HEXISTS', jobs, id) == 1 or in_progress(id) then return false end
-  fair_add(prefix, id, score, tenant_of(id))
-  return true
+  if redis.call('HEXISTS', jobs, id) == 0 and not in_progress(id) then
+    fair_add(prefix, id, score, tenant_of(id))
+  end
 end
 
 -- 1. the newest entries, indexed oldest first so that tenants take turns in order of arrival
 local newest = redis.call('ZREVRANGE', queue, 0, tonumber(ARGV[6]) - 1, 'WITHSCORES')
 if #newest == 0 then return {} end
-local fresh = 0
-while fresh * 2 < #newest do
-  local id = newest[fresh * 2 + 1]
-  if redis.call('HEXISTS', jobs, id) == 1 or in_progress(id) then break end
-  fresh = fresh + 1
-end
-for i = fresh, 1, -1 do
-  fair_add(prefix, newest[i * 2 - 1], newest[i * 2], tenant_of(newest[i * 2 - 1]))
+for i = #newest - 1, 1, -2 do
+  index_if_new(newest[i], newest[i + 1])
 end
 
 -- 2. the sweep
