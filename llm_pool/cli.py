@@ -84,14 +84,15 @@ async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[An
     data = {
         "queue": keys.queue,
         "depth": depth,
-        "running": running if depth <= QUEUE_SAMPLE else f">={running}",
+        "running": running,
+        "running_exact": depth <= QUEUE_SAMPLE,  # else: counted among the first QUEUE_SAMPLE jobs
         "oldest_waiting_s": round(oldest_s, 3),
         "tenants_waiting": len(by_tenant),
         "waiting_by_tenant": by_tenant,
         "not_yet_indexed": max(0, depth - running - indexed) if depth <= QUEUE_SAMPLE else None,
     }
     text = (
-        f"queue {keys.queue}: {depth} job(s), {data['running']} running"
+        f"queue {keys.queue}: {depth} job(s), {running} running"
         + (f" (among the first {QUEUE_SAMPLE})" if depth > QUEUE_SAMPLE else "")
         + f"; oldest waiting {oldest_s:.1f}s; {len(by_tenant)} tenant(s) waiting, served in turn"
     )

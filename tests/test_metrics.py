@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ErrorReply, OkReply
-from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, free_port
+from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, WorkerProcess, free_port
 from tests.conftest import REDIS_URL, Pool, user
 
 
@@ -85,3 +85,15 @@ async def test_metrics_count_requests_tokens_fallbacks_and_ttft(
     assert value(samples, "llm_pool_queue_wait_seconds_count") == 3  # the bad one never started
     assert ("llm_pool_queue_depth", frozenset()) in samples
     assert value(samples, "llm_pool_jobs_running") == 0
+
+
+def test_a_taken_metrics_port_stops_the_worker_and_says_why(mpool: tuple[Pool, str]) -> None:
+    pool, url = mpool
+    taken = url.split(":")[2].split("/")[0]
+    clash = WorkerProcess("clash", {**pool.env, "LLM_POOL__METRICS__PORT": taken}, pool.tmp)
+    try:
+        assert clash.wait(120) != 0
+    finally:
+        clash.stop()
+    log = clash.log_path.read_text(errors="replace")
+    assert f"metrics.port {taken}" in log and "LLM_POOL__METRICS__PORT" in log

@@ -266,7 +266,7 @@ class Execution:
             try:
                 async for piece in call:
                     if seq == 0 and resumes == 0:
-                        state.metrics.ttft.labels(state.metrics.group(group)).observe(
+                        state.metrics.ttft.labels(state.metrics.group(request.model)).observe(
                             time.monotonic() - self._started
                         )
                     self._publish(

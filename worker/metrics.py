@@ -103,6 +103,13 @@ class Metrics:
         return name if name is not None and name in self._groups else OTHER_GROUP
 
     def serve(self, host: str, port: int, redis_url: str, queue: str) -> None:
+        """Serve /metrics from a thread; a port that cannot be bound stops the worker, saying why."""
         self.registry.register(_QueueDepth(redis_url, queue))
-        start_http_server(port, addr=host, registry=self.registry)
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise RuntimeError(
+                f"metrics.port {port} on {host}: {exc.strerror or exc}; every worker process on a "
+                "machine needs its own port (LLM_POOL__METRICS__PORT), or 0 to turn metrics off"
+            ) from None
         log.info("metrics_serving", host=host, port=port)
