@@ -18,7 +18,11 @@ def main() -> int:
     from worker.settings import create_pool_worker  # imports LiteLLM (seconds); after logging is set up
 
     get_logger("worker").info("worker_starting", queue=settings.queue_name)
-    create_pool_worker(settings).run()
+    try:
+        create_pool_worker(settings).run()
+    except SettingsError as exc:  # found only at start-up, e.g. a metrics port already taken
+        print(f"llm-pool worker: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

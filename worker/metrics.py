@@ -19,6 +19,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
 from llm_pool.logging import get_logger
+from llm_pool.settings import SettingsError
 
 log = get_logger("worker.metrics")
 
@@ -108,7 +109,7 @@ class Metrics:
         try:
             start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise RuntimeError(
+            raise SettingsError(
                 f"metrics.port {port} on {host}: {exc.strerror or exc}; every worker process on a "
                 "machine needs its own port (LLM_POOL__METRICS__PORT), or 0 to turn metrics off"
             ) from None
