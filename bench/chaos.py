@@ -116,8 +116,7 @@ async def run_chaos(
     )
     settings = load_settings(settings_path, environ={})
     env = worker_env(settings_path, SECRETS)
-    for group, kind, _ in DEPLOYMENTS:
-        provider.configure(f"{group}-{kind}", tokens=15, token_delay_ms=30)
+    provider.configure_deployments(DEPLOYMENTS, tokens=15, token_delay_ms=30)
     pool = [WorkerProcess(f"c{i}", env, tmp) for i in range(workers)]
     for worker in pool:
         worker.wait_ready(server.url, keys.heartbeat(worker.worker_id), timeout_s=120)

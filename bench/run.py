@@ -41,6 +41,7 @@ from llm_pool.testing.cluster import (
     ROOT,
     FakeProviderProcess,
     WorkerProcess,
+    deployment_name,
     free_port,
     settings_toml,
     worker_env,
@@ -110,8 +111,7 @@ class Bench:
         self.metrics_urls: list[str] = []
 
     def configure(self, **config: Any) -> None:
-        for group, kind, _ in BENCH_DEPLOYMENTS:
-            self.provider.configure(f"{group}-{kind}", **config)
+        self.provider.configure_deployments(BENCH_DEPLOYMENTS, **config)
 
     def start_workers(self, count: int, metrics: bool = False) -> list[WorkerProcess]:
         """Start ``count`` workers; with ``metrics``, each serves /metrics (URLs in ``metrics_urls``)."""
@@ -714,7 +714,7 @@ async def startup(bench: Bench) -> None:
 def proxy_of(bench: Bench, command: Path) -> LiteLLMProxy:
     """A LiteLLM proxy whose one model is the pool's ``fast`` deployment on the fake provider."""
     [(group, kind, model)] = [d for d in BENCH_DEPLOYMENTS if d[0] == "fast"]
-    api_base = bench.provider.api_base(f"{group}-{kind}", kind)
+    api_base = bench.provider.api_base(deployment_name(group, kind), kind)
     return LiteLLMProxy(command, proxy_config(model, api_base, SECRETS["OPENAI_API_KEY"]), bench.tmp)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -31,7 +32,6 @@ from llm_pool.keys import Keys, utc_day
 from llm_pool.schemas import parse_reply
 from llm_pool.settings import Settings, SettingsError, load_settings
 
-IN_PROGRESS_PREFIX = "arq:in-progress:"
 QUEUE_SAMPLE = 1000
 
 
@@ -75,7 +75,7 @@ async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[An
     depth = await redis.zcard(keys.queue)
     head = await redis.zrange(keys.queue, 0, QUEUE_SAMPLE - 1, withscores=True)
     ids = [member.decode() for member, _ in head]
-    flags = await redis.mget([IN_PROGRESS_PREFIX + i for i in ids]) if ids else []
+    flags = await redis.mget([in_progress_key_prefix + i for i in ids]) if ids else []
     running = sum(flag is not None for flag in flags)
     waiting = [score for (_, score), flag in zip(head, flags, strict=True) if flag is None]
     oldest_s = time.time() - waiting[0] / 1000 if waiting else 0.0
@@ -159,7 +159,7 @@ async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> tup
         else:
             text = f"{request_id}: finished with {reply.error.code.value}: {reply.error.message}"
         return data, text
-    if await redis.exists(IN_PROGRESS_PREFIX + request_id):
+    if await redis.exists(in_progress_key_prefix + request_id):
         return {"request_id": request_id, "state": "running"}, f"{request_id}: running"
     score = await redis.zscore(keys.queue, request_id)
     if score is not None:

@@ -21,6 +21,7 @@ from llm_pool.keys import Keys
 from llm_pool.schemas import ChunkEvent, DoneEvent, ErrorEvent, OkReply, ResetEvent
 from llm_pool.settings import load_settings
 from llm_pool.testing.cluster import (
+    DEPLOYMENTS,
     FakeProviderProcess,
     RedisServer,
     WorkerProcess,
@@ -81,8 +82,7 @@ def run_demo(prompt: str) -> int:
     ensure_redis()
     with tempfile.TemporaryDirectory(prefix="llm-pool-demo-") as tmp:
         provider = FakeProviderProcess()
-        for name in ("quality-anthropic", "quality-openai", "quality-ollama"):
-            provider.configure(name, tokens=24, token_delay_ms=60)
+        provider.configure_deployments(DEPLOYMENTS, "quality", tokens=24, token_delay_ms=60)
         prefix = f"llm_pool_demo_{uuid.uuid4().hex[:6]}"
         settings_path = Path(tmp) / "settings.toml"
         settings_path.write_text(settings_toml(provider, prefix, REDIS_URL, worker={"log_level": "WARNING"}))

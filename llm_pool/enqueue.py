@@ -12,14 +12,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio import Redis
 
 from llm_pool.fairness import FAIR_ADD_LUA, fair_prefix, index_tenant
 from llm_pool.keys import Keys
 from llm_pool.serialization import json_dumps
 
-JOB_KEY_PREFIX = "arq:job:"
-RESULT_KEY_PREFIX = "arq:result:"
 # arq's default: a job that has not started within a day is dropped.
 JOB_EXPIRES_MS = 86_400_000
 
@@ -52,8 +51,8 @@ class Enqueuer:
         envelope = json_dumps({"t": None, "f": function, "a": [argument], "k": {}, "et": now_ms})
         result = await self._script(
             keys=[
-                JOB_KEY_PREFIX + request_id,
-                RESULT_KEY_PREFIX + request_id,
+                job_key_prefix + request_id,
+                result_key_prefix + request_id,
                 self._keys.queue,
                 self._keys.reply(request_id),
             ],

@@ -51,9 +51,7 @@ async def test_metrics_count_requests_tokens_fallbacks_and_ttft(
         ok = await client.complete("fast", user(), tenant)
         streamed = [e async for e in client.stream("fast", user(), tenant)]
         bad = await client.complete("no-such-group", user(), tenant)
-        for group, kind, _ in DEPLOYMENTS:
-            if group == "quality":
-                provider.configure(f"{group}-{kind}", fault="500")
+        provider.configure_deployments(DEPLOYMENTS, "quality", fault="500")
         fell_back = await client.complete("quality", user(), tenant)
     assert isinstance(ok, OkReply) and streamed and isinstance(bad, ErrorReply)
     assert isinstance(fell_back, OkReply) and fell_back.fallback

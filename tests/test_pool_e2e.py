@@ -35,9 +35,7 @@ WEATHER_TOOL = {
 
 
 def fail_group(pool: Pool, group: str, fault: str = "500") -> None:
-    for g, provider, _ in DEPLOYMENTS:
-        if g == group:
-            pool.provider.configure(f"{g}-{provider}", fault=fault)
+    pool.provider.configure_deployments(DEPLOYMENTS, group, fault=fault)
 
 
 def request(**overrides: Any) -> dict[str, Any]:
@@ -314,16 +312,14 @@ async def test_deadline_passed_in_queue_is_timeout(pool: Pool, aredis: aioredis.
 
 
 async def test_slow_provider_stopped_at_deadline(pool: Pool) -> None:
-    for _, provider, _ in DEPLOYMENTS:
-        pool.provider.configure(f"quality-{provider}", token_delay_ms=400, tokens=50)
+    pool.provider.configure_deployments(DEPLOYMENTS, "quality", token_delay_ms=400, tokens=50)
     reply, events = await run_plain(pool, "complete_stream", request(timeout_s=1.5))
     assert reply["error"]["code"] == "timeout", reply
     assert events[-1]["type"] == "error" and events[-1]["code"] == "timeout"
 
 
 async def test_cancel_running_stream(pool: Pool, client: LLMPool, aredis: aioredis.Redis) -> None:
-    for group, provider, _ in DEPLOYMENTS:
-        pool.provider.configure(f"{group}-{provider}", token_delay_ms=100, tokens=200)
+    pool.provider.configure_deployments(DEPLOYMENTS, token_delay_ms=100, tokens=200)
     request_id = uuid.uuid4().hex
     async with Listener(aredis, pool.keys.stream(request_id)) as listener:
         await client.submit("fast", user(), TENANT, stream=True, request_id=request_id)
@@ -337,8 +333,7 @@ async def test_cancel_running_stream(pool: Pool, client: LLMPool, aredis: aiored
 
 
 async def test_stream_dropped_mid_way_resets_and_resumes_on_fallback(pool: Pool) -> None:
-    for _, provider, _ in DEPLOYMENTS:
-        pool.provider.configure(f"quality-{provider}", fault="drop", drop_after=3)
+    pool.provider.configure_deployments(DEPLOYMENTS, "quality", fault="drop", drop_after=3)
     reply, events = await run_plain(pool, "complete_stream", request(model="quality"))
     assert reply["status"] == "ok", reply
     kinds = [e["type"] for e in events]

@@ -24,8 +24,7 @@ FAST_RELIABILITY = {"job_lease_s": 2, "drain_grace_s": 8, "max_tries": 2, "poll_
 
 
 def slow_provider(pool: Pool, tokens: int = 40, delay_ms: float = 100) -> None:
-    for group, kind, _ in DEPLOYMENTS:
-        pool.provider.configure(f"{group}-{kind}", tokens=tokens, token_delay_ms=delay_ms)
+    pool.provider.configure_deployments(DEPLOYMENTS, tokens=tokens, token_delay_ms=delay_ms)
 
 
 @pytest.fixture
@@ -238,8 +237,7 @@ async def test_rate_limited_provider_is_retried_after_retry_after(
     try:
         worker = pool.start_worker()
         pool.wait_ready(worker)
-        for group, kind, _ in DEPLOYMENTS:
-            provider.configure(f"{group}-{kind}", fault="429", retry_after_s=1)
+        provider.configure_deployments(DEPLOYMENTS, fault="429", retry_after_s=1)
         async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
             pending = asyncio.ensure_future(client.complete("fast", user(), TENANT))
             await asyncio.sleep(0.4)
@@ -258,8 +256,7 @@ async def test_partial_stream_failure_can_end_the_request(
     try:
         worker = pool.start_worker()
         pool.wait_ready(worker)
-        for group, kind, _ in DEPLOYMENTS:
-            provider.configure(f"{group}-{kind}", fault="drop", drop_after=3)
+        provider.configure_deployments(DEPLOYMENTS, fault="drop", drop_after=3)
         async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
             events = [e async for e in client.stream("fast", user(), TENANT)]
         assert [e.type for e in events] == ["chunk"] * 3 + ["error"]

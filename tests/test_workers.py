@@ -37,8 +37,7 @@ def test_heartbeat_key_per_worker(pool: Pool, redis_sync: redis.Redis) -> None:
 
 
 async def test_two_workers_share_the_load(pool: Pool, redis_sync: redis.Redis) -> None:
-    for group, provider, _ in DEPLOYMENTS:
-        pool.provider.configure(f"{group}-{provider}", token_delay_ms=30)
+    pool.provider.configure_deployments(DEPLOYMENTS, token_delay_ms=30)
     before = {w: heartbeat(redis_sync, pool, w) for w in ("alpha", "beta")}
     async with LLMPool(pool.settings, redis_url=REDIS_URL) as client:
 

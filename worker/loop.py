@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub
@@ -43,7 +44,6 @@ from worker.claim import Claimer
 
 log = get_logger("worker.loop")
 
-IN_PROGRESS_PREFIX = "arq:in-progress:"
 LOAD_BACKOFF_PER_JOB_S = 0.0005
 LOAD_BACKOFF_CAP_S = 0.01
 
@@ -113,7 +113,7 @@ class LeaseKeeper:
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for job_id in running:
-                    pipe.pexpire(IN_PROGRESS_PREFIX + job_id, self._lease_ms)
+                    pipe.pexpire(in_progress_key_prefix + job_id, self._lease_ms)
                 pipe.execute()
             except (RedisError, OSError):
                 continue  # reported by the main loop; the next renewal tries again

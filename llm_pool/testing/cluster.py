@@ -75,6 +75,14 @@ class FakeProviderProcess:
         self.port = int(line.split("=", 1)[1])
         self.base_url = f"http://127.0.0.1:{self.port}"
 
+    def configure_deployments(
+        self, deployments: tuple[tuple[str, str, str], ...], group: str | None = None, **config: Any
+    ) -> None:
+        """Give every deployment of a settings file (or of one ``group`` in it) the same behaviour."""
+        for name, kind, _ in deployments:
+            if group is None or name == group:
+                self.configure(deployment_name(name, kind), **config)
+
     def api_base(self, name: str, provider: str) -> str:
         prefix = f"{self.base_url}/d/{name}"
         return f"{prefix}/v1" if provider == "openai" else prefix
@@ -106,6 +114,11 @@ class FakeProviderProcess:
             self._process.kill()
 
 
+def deployment_name(group: str, kind: str) -> str:
+    """The fake provider's name for a group's deployment of one wire protocol, e.g. ``fast-openai``."""
+    return f"{group}-{kind}"
+
+
 def settings_toml(
     provider: FakeProviderProcess,
     key_prefix: str,
@@ -135,7 +148,7 @@ def settings_toml(
         f'[router]\n{table(router_section)}\nfallbacks = {{ quality = ["fast"], fast = ["quality"] }}',
     ]
     for group, kind, model in deployments:
-        entry = {"model": model, "api_base": provider.api_base(f"{group}-{kind}", kind)}
+        entry = {"model": model, "api_base": provider.api_base(deployment_name(group, kind), kind)}
         if kind in API_KEY_ENV:
             entry["api_key_env"] = API_KEY_ENV[kind]
         lines.append(f"[[groups.{group}]]\n{table(entry)}")
