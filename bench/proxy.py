@@ -28,7 +28,7 @@ import aiohttp
 
 from bench.progress import bar, echo, say
 from bench.timing import ttft_rounds
-from llm_pool.testing.cluster import ROOT, free_port
+from llm_pool.testing.cluster import ROOT, free_port, stop_process
 
 VENV = ROOT / ".bench-venv"
 LOCK = Path(__file__).with_name("proxy-requirements.lock")
@@ -188,9 +188,4 @@ class LiteLLMProxy:
         return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
 
     def stop(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
+        stop_process(self._process, timeout_s=15)

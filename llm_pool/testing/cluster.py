@@ -107,11 +107,19 @@ class FakeProviderProcess:
         return stats
 
     def stop(self) -> None:
-        self._process.terminate()
+        stop_process(self._process, timeout_s=5)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; its exit code."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            self._process.wait(timeout=5)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self._process.kill()
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
 
 
 def deployment_name(group: str, kind: str) -> str:
@@ -203,16 +211,10 @@ class WorkerProcess:
         return self._process.wait(timeout=timeout_s)
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        if self.alive:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        code = stop_process(self._process, timeout_s)
         if not self._log.closed:
             self._log.close()
-        return self._process.returncode
+        return code
 
 
 def worker_env(settings_path: Path, secrets: dict[str, str]) -> dict[str, str]:
