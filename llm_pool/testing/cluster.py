@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -233,21 +234,29 @@ class RedisServer:
     the next ``start`` loads); without, it keeps nothing.
     """
 
-    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, directory: Path | None = None, config: dict[str, str] | None = None
+    ) -> None:
+        """``config``: extra ``redis-server`` options, e.g. ``{"maxmemory": "20mb"}``."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure-redis.sh installs it)")
         self._binary = binary
         self._dir = directory
+        self._config = dict(config or {})
         self.port = port if port is not None else 20000 + random.randrange(20000)
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._pidfile = Path(tempfile.gettempdir()) / f"llm-pool-redis-{self.port}.pid"
 
     def start(self) -> None:
         argv = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "yes"]
+        argv += ["--pidfile", str(self._pidfile)]
         argv += ["--save", "", "--appendonly", "no"]
         if self._dir is not None:
             argv += ["--dir", str(self._dir), "--dbfilename", "dump.rdb"]
             argv += ["--logfile", str(self._dir / "redis.log")]
+        for option, value in self._config.items():
+            argv += [f"--{option}", *value.split()]
         subprocess.run(argv, check=True)
         client = redis.Redis.from_url(self.url)
         try:
@@ -261,6 +270,19 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def stop(self, save: bool = False) -> None:
-        # The server closes the connection as it goes.
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(self.url).shutdown(save=save, nosave=not save)
+        """Stop the server: ``SHUTDOWN SAVE`` with ``save``, else SIGTERM to its PID (it keeps nothing)."""
+        if save:
+            # The server closes the connection as it goes.
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis.from_url(self.url).shutdown(save=True)
+            return
+        try:
+            pid = int(self._pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return  # never started, or already gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(200):
+                os.kill(pid, 0)
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
