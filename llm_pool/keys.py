@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+
+# A request id (= arq job id) names keys and channels: longer ones are refused.
+MAX_REQUEST_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,23 @@ class Keys:
 
     def stream(self, request_id: str) -> str:
         return f"{self.prefix}:stream:{request_id}"
+
+    def channel_allowed(self, channel: str, patterns: Sequence[str]) -> bool:
+        """Whether a request's own ``channel`` matches one of ``worker.allowed_channels``."""
+        return any(fnmatchcase(channel, p.replace("{prefix}", self.prefix)) for p in patterns)
+
+    def due(self, request_id: str) -> str:
+        """When the job is due, in Redis's clock (ms): its deadline counts from here."""
+        return f"{self.prefix}:due:{request_id}"
+
+    @property
+    def due_prefix(self) -> str:
+        return f"{self.prefix}:due:"
+
+    @property
+    def dead_letter(self) -> str:
+        """Sorted set of queue entries that could not be used as a request id, by Redis time (ms)."""
+        return f"{self.prefix}:dead-letter"
 
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}:heartbeat:{worker_id}"

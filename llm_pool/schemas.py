@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 
 class ErrorCode(StrEnum):
@@ -204,6 +206,17 @@ class ErrorReply(BaseModel):
 
 Reply = Annotated[OkReply | ErrorReply, Field(discriminator="status")]
 REPLY_ADAPTER: TypeAdapter[OkReply | ErrorReply] = TypeAdapter(Reply)
+
+
+def to_json(model: BaseModel) -> bytes:
+    """A reply or event as UTF-8 JSON; a lone surrogate (which UTF-8 cannot hold) becomes ``?``.
+
+    Requests with lone surrogates are refused, but text can also come from a provider, and a
+    reply that cannot be written would leave its request unanswered."""
+    try:
+        return model.model_dump_json().encode()
+    except PydanticSerializationError:
+        return json.dumps(model.model_dump(mode="json"), ensure_ascii=False).encode("utf-8", "replace")
 
 
 def parse_reply(raw: bytes | str) -> OkReply | ErrorReply:

@@ -8,12 +8,20 @@ job function can answer ``invalid_request`` under the job id instead of arq fail
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 JOB_FUNCTIONS = ("complete", "complete_stream")
+
+# JSON nested deeper than this is refused (Python's own parser gives up near 1,000 levels, and
+# deep structures make every later step recursive).
+MAX_JSON_DEPTH = 64
+# A JSON escape of a UTF-16 surrogate: the only way a lone surrogate, which is not valid Unicode
+# and cannot be written back as UTF-8, gets into a decoded envelope.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -58,14 +66,40 @@ def job_decoder(max_bytes: int) -> Callable[[bytes], dict[str, Any]]:
     return decode
 
 
+def json_problem(value: Any, check_surrogates: bool = True) -> str | None:
+    """Why decoded JSON cannot be handled (nested too deep, a lone surrogate), or None."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if check_surrogates and not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "the job contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode"
+            continue
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth >= MAX_JSON_DEPTH:
+            return f"the job is nested more than {MAX_JSON_DEPTH} levels deep"
+        stack.extend((child, depth + 1) for child in children)
+        if isinstance(item, dict):
+            stack.extend((key, depth + 1) for key in item)
+    return None
+
+
 def decode_job(data: bytes) -> dict[str, Any]:
     """arq ``job_deserializer`` for workers: a well-formed envelope, or one that reports why not."""
     try:
         envelope = json.loads(data)
+    except RecursionError:
+        return _invalid(f"the job is nested more than {MAX_JSON_DEPTH} levels deep")
     except (ValueError, UnicodeDecodeError):
         return _invalid(
             "the job envelope is not UTF-8 JSON (is the caller using arq's default pickle serializer?)"
         )
+    problem = json_problem(envelope, check_surrogates=_SURROGATE_ESCAPE.search(data) is not None)
+    if problem is not None:
+        return _invalid(problem)
     if not isinstance(envelope, dict):
         return _invalid("the job envelope is not a JSON object")
     function = envelope.get("f")

@@ -59,6 +59,11 @@ class WorkerSection(_Section):
     max_payload_bytes: int = Field(default=2_000_000, ge=1024)
     max_messages: int = Field(default=2000, ge=1)
     max_tools: int = Field(default=128, ge=0)
+    # How far ahead of Redis's clock a caller's enqueue time (arq's ``et``) may be and still be
+    # trusted; further ahead, the job is due when a worker first sees it (RELIABILITY.md, clocks).
+    max_clock_skew_s: float = Field(default=2.0, ge=0)
+    # Glob patterns a request's ``channel`` must match ({prefix} is redis.key_prefix).
+    allowed_channels: list[str] = Field(default_factory=lambda: ["{prefix}:stream:*"], min_length=1)
     resume_partial_streams: bool = True
     max_stream_resumes: int = Field(default=1, ge=0)
     worker_id: str = ""

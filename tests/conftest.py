@@ -31,6 +31,9 @@ from llm_pool.testing.cluster import (
     worker_env,
 )
 
+# What an operator whose WebSocket handlers listen on channels of their own would set.
+ALLOWED_CHANNELS = ["{prefix}:stream:*", "ws:*"]
+
 REDIS_URL = os.environ.get("LLM_POOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Planted secrets: the logs, replies and heartbeats must never contain them.
@@ -123,8 +126,8 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProviderP
 def pool(
     tmp_path_factory: pytest.TempPathFactory, provider: FakeProviderProcess, redis_sync: redis.Redis
 ) -> Iterator[Pool]:
-    """Two workers on one queue, started once for the session."""
-    the_pool = Pool(tmp_path_factory.mktemp("pool"), provider)
+    """Two workers on one queue, started once for the session; channels ``ws:*`` allowed too."""
+    the_pool = Pool(tmp_path_factory.mktemp("pool"), provider, worker={"allowed_channels": ALLOWED_CHANNELS})
     first, second = the_pool.start_worker("alpha"), the_pool.start_worker("beta")
     the_pool.wait_ready(first, second)
     yield the_pool

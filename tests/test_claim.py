@@ -6,6 +6,7 @@ by the pool's own enqueue, and claimed with ``Claimer`` as a worker claims them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -48,7 +49,10 @@ class Queue:
             job_id = uuid.uuid4().hex
             request = {"model": "fast", "messages": [{"role": "user", "content": "x"}], "tenant_id": tenant}
             body = (
-                envelope or json.dumps({"t": 1, "f": "complete", "a": [request], "k": {}, "et": 1}).encode()
+                envelope
+                or json.dumps(
+                    {"t": 1, "f": "complete", "a": [request], "k": {}, "et": self.score + 1}
+                ).encode()
             )
             self.score += 1
             await self.redis.set(f"arq:job:{job_id}", body, px=60_000)
@@ -59,7 +63,7 @@ class Queue:
         return ids
 
     async def claim(self, count: int) -> list[str]:
-        return [job_id for job_id, _ in await self.claimer.claim(int(time.time() * 1000), count)]
+        return [job.job_id for job in (await self.claimer.claim(count)).jobs]
 
     async def finish(self, job_id: str) -> None:
         """What arq does when a job ends."""
@@ -178,3 +182,68 @@ def test_index_tenant_matches_uuid_canonical_form() -> None:
     assert index_tenant(A.upper()) == A
     assert index_tenant("{" + uuid.UUID(A).hex + "}") == A
     assert index_tenant("tenant-x") == ""
+
+
+async def put_at(queue: Queue, score_ms: int, et_ms: int) -> str:
+    """A plain-arq job whose caller set ``et`` and the queue score from its own clock."""
+    job_id = uuid.uuid4().hex
+    request = {"model": "fast", "messages": [{"role": "user", "content": "x"}], "tenant_id": A}
+    envelope = {"t": 1, "f": "complete", "a": [request], "k": {}, "et": et_ms}
+    await queue.redis.set(f"arq:job:{job_id}", json.dumps(envelope), px=60_000)
+    await queue.redis.zadd(queue.keys.queue, {job_id: score_ms})
+    queue.ids.append(job_id)
+    return job_id
+
+
+async def redis_ms(redis: aioredis.Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+@pytest.mark.parametrize("skew_s", [600, 40, -600, -40])
+async def test_a_callers_clock_does_not_decide_when_its_job_runs(queue: Queue, skew_s: int) -> None:
+    now = await redis_ms(queue.redis)
+    job = await put_at(queue, now + skew_s * 1000, now + skew_s * 1000)
+    claimed = await queue.claimer.claim(5)
+    assert [c.job_id for c in claimed.jobs] == [job], "claimable now, whatever the caller's clock"
+    # and its deadline counts from when the pool first saw it, in Redis's clock
+    assert abs(claimed.jobs[0].due_ms - now) < 1000
+    assert abs(claimed.redis_now_ms - now) < 1000
+
+
+async def test_a_job_deferred_on_purpose_keeps_its_time(queue: Queue) -> None:
+    now = await redis_ms(queue.redis)
+    later = await put_at(queue, now + 1500, now)  # arq's _defer_by=1.5: future score, current et
+    ahead = await put_at(queue, now + 601_500, now + 600_000)  # the same, from a clock 10 min ahead
+    assert (await queue.claimer.claim(5)).jobs == []
+    await asyncio.sleep(1.6)
+    claimed = await queue.claimer.claim(5)
+    assert sorted(c.job_id for c in claimed.jobs) == sorted([later, ahead])
+    assert all(c.due_ms >= now + 1500 for c in claimed.jobs)
+
+
+async def test_the_pools_own_enqueue_is_stamped_with_redis_time(aredis: aioredis.Redis, keys: Keys) -> None:
+    job_id = uuid.uuid4().hex
+    before = await redis_ms(aredis)
+    try:
+        await Enqueuer(aredis, keys).enqueue("complete", job_id, {"tenant_id": A})
+        due = int(await aredis.get(keys.due(job_id)) or 0)
+        score = await aredis.zscore(keys.queue, job_id)
+        assert before <= due <= before + 1000 and score == due
+    finally:
+        await aredis.delete(f"arq:job:{job_id}")
+
+
+async def test_entries_that_cannot_be_request_ids_are_dead_lettered(queue: Queue) -> None:
+    redis = queue.redis
+    not_utf8, too_long = b"\xff\xfe", ("x" * 129).encode()
+    await redis.zadd(queue.keys.queue, {not_utf8: 1, too_long: 2})
+    await redis.set(b"arq:job:" + too_long, b"{}")
+    [good] = await queue.put(B, 1)
+    claimed = await queue.claimer.claim(5)
+    assert [c.job_id for c in claimed.jobs] == [good]
+    assert sorted(await redis.zrange(queue.keys.dead_letter, 0, -1)) == sorted([not_utf8, too_long])
+    assert await redis.zscore(queue.keys.queue, not_utf8) is None
+    assert await redis.zscore(queue.keys.queue, too_long) is None
+    assert not await redis.exists(b"arq:job:" + too_long)
+    assert (await queue.claimer.claim(5)).jobs == []

@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from worker.outbox import Final, LedgerEntry, Outbox
+from worker.outbox import DUPLICATE, WRITTEN, Final, LedgerEntry, Outbox
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ async def test_chunks_then_reply_then_final_event_in_order(fake: Redis, server: 
     ledger = LedgerEntry(
         "p:usage:t:2026-01-01", prompt_tokens=3, completion_tokens=8, cost_usd=0.25, ttl_s=100
     )
-    assert await outbox.finish(final(ledger)) is True
+    assert await outbox.finish(final(ledger)) == WRITTEN
     received: list[dict[str, Any]] = []
     while len(received) < 51:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
@@ -82,7 +82,7 @@ async def test_second_final_for_the_same_request_changes_nothing(
     first, second = await asyncio.gather(
         outbox.finish(final(ledger, b'{"n":1}')), outbox.finish(final(ledger, b'{"n":2}'))
     )
-    assert (first, second) == (True, False)
+    assert (first, second) == (WRITTEN, DUPLICATE)
     assert await fake.get("p:reply:r1") == b'{"n":1}'
     assert await cast(Awaitable[bytes | None], fake.hget("p:usage:t:d", "requests")) == b"1"
     await outbox.close()

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 import uuid
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from llm_pool.schemas import CompletionRequest, describe_validation_error
+from llm_pool.keys import Keys
+from llm_pool.schemas import (
+    CompletionRequest,
+    ErrorCode,
+    ErrorInfo,
+    ErrorReply,
+    describe_validation_error,
+    to_json,
+)
 from llm_pool.serialization import UndecodableJob, decode_job, json_dumps
 
 TENANT = str(uuid.uuid4())
@@ -85,3 +94,53 @@ def test_decode_job_turns_garbage_into_an_invalid_call(data: bytes) -> None:
     assert isinstance(decoded["a"][0], UndecodableJob)
     # and the result that arq stores for it is still JSON
     assert json.loads(json_dumps({"a": decoded["a"]}))["a"][0]["undecodable_job"]
+
+
+def nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("request_overrides", "reason"),
+    [
+        ({"metadata": {"deep": nested(1000)}}, "nested"),
+        ({"params": {"response_format": nested(10_000)}}, "nested"),
+        ({"params": {"response_format": {"type": "json_schema", "schema": nested(70)}}}, "nested"),
+        ({"metadata": {"conversation_id": "\ud800"}}, "surrogate"),
+        ({"model": "\udfff-unknown"}, "surrogate"),
+    ],
+)
+def test_decode_job_refuses_what_it_could_not_answer(request_overrides: dict[str, Any], reason: str) -> None:
+    envelope = {"f": "complete", "a": [valid(**request_overrides)], "k": {}, "t": 1, "et": 1}
+    sys.setrecursionlimit(20_000)  # so that json.dumps can write the deepest case
+    try:
+        data = json.dumps(envelope).encode()
+    finally:
+        sys.setrecursionlimit(1000)
+    [argument] = decode_job(data)["a"]
+    assert isinstance(argument, UndecodableJob) and reason in argument.reason
+
+
+def test_decode_job_accepts_escaped_backslashes_and_real_pairs() -> None:
+    text = "a literal \\ud800 and an emoji \U0001f600"
+    envelope = {"f": "complete", "a": [valid(messages=[{"role": "user", "content": text}])], "k": {}, "et": 1}
+    assert decode_job(json.dumps(envelope).encode())["a"][0]["messages"][0]["content"] == text
+
+
+def test_to_json_never_fails_on_a_lone_surrogate() -> None:
+    reply = ErrorReply(
+        request_id="r", error=ErrorInfo(code=ErrorCode.INTERNAL, message="m"), metadata={"k": "a\ud800b"}
+    )
+    assert json.loads(to_json(reply))["metadata"] == {"k": "a?b"}
+
+
+def test_channels_must_match_an_allowed_pattern() -> None:
+    keys = Keys("pool1")
+    default = ["{prefix}:stream:*"]
+    assert keys.channel_allowed("pool1:stream:abc", default)
+    assert not keys.channel_allowed("other_pool:stream:victim", default)
+    assert not keys.channel_allowed("pool1:wake", default)
+    assert keys.channel_allowed("ws:42", [*default, "ws:*"])

@@ -10,13 +10,14 @@ every outcome is a reply.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from llm_pool.logging import get_logger
 from llm_pool.router import Completion, ProviderRejected, ProvidersUnavailable, RateLimited
@@ -32,10 +33,11 @@ from llm_pool.schemas import (
     describe_validation_error,
     final_event,
     limit_violation,
+    to_json,
 )
 from llm_pool.serialization import UndecodableJob
 from worker.limits import current_minute
-from worker.outbox import Final, LedgerEntry
+from worker.outbox import DUPLICATE, EVENT_REFUSED, Final, LedgerEntry
 from worker.state import WorkerState
 
 log = get_logger("worker.execution")
@@ -92,6 +94,10 @@ class _Hints:
         )
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    return (str(exc).splitlines() or [""])[0][:limit]
+
+
 def parse_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CompletionRequest:
     """The job's single positional argument as a request, or ``RequestFailed(invalid_request)``."""
     if len(args) == 1 and isinstance(args[0], UndecodableJob):
@@ -121,40 +127,72 @@ class Execution:
         self._attempt = job.attempt
         self._log = log.bind(request_id=job.request_id, worker_id=state.worker_id, attempt=job.attempt)
 
-    async def execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    async def execute(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Run the request to its end; the reply as written to the reply key.
+
+        Raises only if the reply itself could not be written (``Outbox.finish``)."""
+        self._state.counters.running += 1
+        try:
+            return await self._execute(tuple(args), kwargs)
+        finally:
+            self._state.counters.running -= 1
+
+    async def _execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         hints = _Hints.of(args)
         request: CompletionRequest | None = None
         try:
             max_tries = self._state.settings.worker.max_tries
             if self._job.attempt > max_tries:
-                # Every earlier run died with its worker (killed, out of memory...): stop here.
+                # Every earlier run stopped before the end (killed, out of memory, Redis lost...).
                 raise RequestFailed(
                     ErrorCode.INTERNAL,
-                    f"the request was started {max_tries} times and its worker died each time; "
-                    "it is not retried again",
+                    f"the request was started {self._job.attempt - 1} times and never finished (its "
+                    f"worker stopped or lost Redis each time; worker.max_tries is {max_tries}); "
+                    "it is not run again",
                 )
-            if self._job.attempt > 1:
-                finished = await self._state.redis.get(self._state.keys.reply(self._job.request_id))
-                if finished is not None:
-                    # An earlier run wrote the reply and died before arq recorded the job as
-                    # done: the request is over, and nothing may be published after its end.
-                    self._log.info("request_already_finished")
-                    return dict(json.loads(finished))
             request = parse_request(args, kwargs)
             limits = self._state.settings.worker
             too_big = limit_violation(request, limits.max_messages, limits.max_tools)
             if too_big is not None:
                 raise RequestFailed(ErrorCode.INVALID_REQUEST, too_big)
+            if request.channel is not None and not self._channel_allowed(request.channel):
+                patterns = ", ".join(limits.allowed_channels)
+                raise RequestFailed(
+                    ErrorCode.INVALID_REQUEST,
+                    f"channel: not an allowed channel (worker.allowed_channels: {patterns})",
+                )
             self._log = self._log.bind(tenant_id=request.tenant_id, group=request.model)
             reply: OkReply | ErrorReply = await self._run(request)
         except RequestFailed as failure:
             reply = self._error_reply(failure.code, failure.message, request, hints)
-        channel = (request.channel if request else hints.channel) or self._state.keys.stream(
-            self._job.request_id
-        )
+        except RedisError as exc:
+            # Redis refused or lost a command of ours (an ACL, a full Redis...): still an answer.
+            self._log.error("request_redis_error", error=type(exc).__name__)
+            message = (
+                f"Redis refused a command while the request ran: {type(exc).__name__}: {_first_line(exc)}"
+            )
+            reply = self._error_reply(ErrorCode.INTERNAL, message, request, hints)
+        except Exception as exc:
+            # Where, not what: an exception's message may quote the request.
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f"{frame.filename}:{frame.lineno}" if frame else "?"
+            self._log.error("request_failed_unexpectedly", error=type(exc).__name__, where=where)
+            message = f"the worker failed while running the request: {type(exc).__name__}"
+            reply = self._error_reply(ErrorCode.INTERNAL, message, request, hints)
+        channel = self._default_channel()
+        if request is not None and request.channel is not None and self._channel_allowed(request.channel):
+            channel = request.channel
+        elif request is None and hints.channel is not None and self._channel_allowed(hints.channel):
+            channel = hints.channel
         tenant = request.tenant_id if request else hints.tenant_id
         await self._finish(reply, channel, tenant)
         return reply.model_dump(mode="json")
+
+    def _channel_allowed(self, channel: str) -> bool:
+        return self._state.keys.channel_allowed(channel, self._state.settings.worker.allowed_channels)
+
+    def _default_channel(self) -> str:
+        return self._state.keys.stream(self._job.request_id)
 
     # --- the request's path -------------------------------------------------------------------
 
@@ -253,7 +291,7 @@ class Execution:
 
     async def _stream_to_channel(self, group: str, request: CompletionRequest) -> Completion:
         state = self._state
-        channel = request.channel or state.keys.stream(self._job.request_id)
+        channel = request.channel or self._default_channel()
         if self._job.attempt > 1:
             # An earlier attempt may have published chunks before its worker died.
             self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
@@ -292,7 +330,7 @@ class Execution:
                 self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
 
     def _publish(self, channel: str, event: ChunkEvent | ResetEvent) -> None:
-        self._state.outbox.publish(channel, event.model_dump_json().encode())
+        self._state.outbox.publish(channel, to_json(event))
 
     # --- the end of every request ---------------------------------------------------------------
 
@@ -322,16 +360,18 @@ class Execution:
                 ttl_s=state.settings.worker.ledger_ttl_days * 86400,
                 tpm_key=state.keys.rate(tenant_id, "tpm", current_minute()) if counts_tokens else None,
             )
-        written = await state.outbox.finish(
+        status = await state.outbox.finish(
             Final(
                 reply_key=state.keys.reply(self._job.request_id),
-                reply_json=reply.model_dump_json().encode(),
+                reply_json=to_json(reply),
                 reply_ttl_s=state.settings.worker.reply_ttl_s,
                 channel=channel,
-                event_json=final_event(reply).model_dump_json().encode(),
+                event_json=to_json(final_event(reply)),
                 ledger=ledger,
             )
         )
+        if status == EVENT_REFUSED:
+            self._log.warning("final_event_refused", detail="the reply is written; Redis refused its PUBLISH")
         self._count(reply)
         if isinstance(reply, OkReply):
             state.counters.done += 1
@@ -344,7 +384,7 @@ class Execution:
                 completion_tokens=reply.usage.completion_tokens,
                 cost_usd=reply.usage.cost_usd,
                 latency_ms=reply.latency_ms,
-                duplicate=not written,
+                duplicate=status == DUPLICATE,
             )
         else:
             state.counters.failed += 1
@@ -353,7 +393,7 @@ class Execution:
                 status="error",
                 code=reply.error.code.value,
                 latency_ms=reply.latency_ms,
-                duplicate=not written,
+                duplicate=status == DUPLICATE,
             )
 
     def _count(self, reply: OkReply | ErrorReply) -> None:

@@ -7,13 +7,15 @@ import contextlib
 from collections.abc import Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from llm_pool.logging import OutageLog, get_logger
 from llm_pool.schemas import Heartbeat
 from llm_pool.tasks import cancel_and_wait
 
 log = get_logger(__name__)
+
+RETRY_S = 0.25
 
 
 class HeartbeatTask:
@@ -28,9 +30,17 @@ class HeartbeatTask:
         self._outage = OutageLog(log, "heartbeat_failed", "heartbeat_recovered")
 
     async def beat(self) -> None:
-        """Write the key once; raises if Redis cannot take it."""
+        """Write the key once; raises if Redis cannot take it.
+
+        A full Redis (``maxmemory``, ``noeviction``) refuses the SET but still allows PEXPIRE: the
+        last value is kept alive meanwhile, so a worker that is alive stays in the pool."""
         ttl_ms = int(self._interval_s * 3 * 1000)
-        await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms)
+        try:
+            await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms)
+        except ResponseError as exc:
+            if str(exc).startswith("OOM"):
+                await self._redis.pexpire(self._key, ttl_ms)
+            raise
 
     async def _run(self) -> None:
         while True:
@@ -38,7 +48,10 @@ class HeartbeatTask:
                 await self.beat()
                 self._outage.succeeded()
             except (RedisError, OSError) as exc:
+                # Redis away or full: try again soon, so the key is back as soon as Redis takes it.
                 self._outage.failed(exc)
+                await asyncio.sleep(min(self._interval_s, RETRY_S))
+                continue
             await asyncio.sleep(self._interval_s)
 
     def start(self) -> None:

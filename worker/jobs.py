@@ -1,4 +1,8 @@
-"""The arq job functions of contract section 1. Each takes whatever the envelope held."""
+"""The arq job functions of contract section 1. Each takes whatever the envelope held.
+
+``python -m worker`` runs jobs with ``worker/runner.py``; these functions are what arq itself
+calls when it runs a job (``arq worker.settings.WorkerSettings``), and name the job functions.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,7 @@ async def _run(
     ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool
 ) -> dict[str, Any]:
     state: WorkerState = ctx["state"]
-    state.counters.running += 1
-    try:
-        return await Execution(state, _job(ctx), stream).execute(args, kwargs)
-    finally:
-        state.counters.running -= 1
+    return await Execution(state, _job(ctx), stream).execute(args, kwargs)
 
 
 async def complete(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

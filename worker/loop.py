@@ -1,8 +1,9 @@
 """arq's worker with a push wake-up, atomic claims with short leases, and load-aware admission.
 
-arq runs each job (``Worker.run_job``: retries, results, arq's key formats) and ``PoolWorker``
-keeps that. It replaces only how jobs are found and claimed, which in arq 0.28 has three problems
-for an interactive pool:
+arq's worker supplies the process around the jobs (signals, drain, health check). ``PoolWorker``
+replaces how jobs are found and claimed, which in arq 0.28 has three problems for an interactive
+pool, and runs each job with ``worker/runner.py`` in arq's key protocol (arq's ``run_job`` lets
+jobs that fail before their function runs go unanswered, and keeps their prompts in results):
 
 - arq polls every ``poll_delay``; here the worker blocks on ``P:wake``, which callers publish to
   when they enqueue, and polls only as a fallback for jobs enqueued by plain arq;
@@ -41,6 +42,8 @@ from llm_pool.logging import OutageLog, get_logger
 from llm_pool.settings import TenantsSection
 from llm_pool.tasks import cancel_and_wait
 from worker.claim import Claimer
+from worker.runner import JobRunner
+from worker.state import WorkerState
 
 log = get_logger("worker.loop")
 
@@ -145,6 +148,7 @@ class PoolWorker(Worker):
         self._draining = False
         self._redis_outage = OutageLog(log, "redis_unavailable", "redis_available_again")
         self._claimer: Claimer | None = None
+        self._runner: JobRunner | None = None
         self._leases = LeaseKeeper(redis_url, self._lease_ms)
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
@@ -164,9 +168,19 @@ class PoolWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         self.ctx["redis"] = self.pool
-        self._claimer = Claimer(self.pool, self._keys, self._tenants, lease_ms=self._lease_ms)
         if self.on_startup:
             await self.on_startup(self.ctx)
+        state: WorkerState = self.ctx["state"]
+        limits = state.settings.worker
+        self._claimer = Claimer(
+            self.pool,
+            self._keys,
+            self._tenants,
+            lease_ms=self._lease_ms,
+            max_clock_skew_ms=int(limits.max_clock_skew_s * 1000),
+            max_envelope_bytes=limits.max_payload_bytes,
+        )
+        self._runner = JobRunner(self.pool, self._keys, state, self.queue_name, limits.reply_ttl_s)
         self._lag.start()
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(self._read_wakeups(), name="wake")]
@@ -220,16 +234,18 @@ class PoolWorker(Worker):
         return claimed
 
     async def _claim_and_start(self, count: int) -> int:
-        assert self._claimer is not None, "main() sets the claimer up"
-        claimed = await self._claimer.claim(int(time.time() * 1000), count)
-        for job_id, score in claimed:
+        assert self._claimer is not None and self._runner is not None, "main() sets them up"
+        claimed = await self._claimer.claim(count)
+        # Deadlines count in Redis's clock: this machine's may be off.
+        redis_ahead_ms = claimed.redis_now_ms - int(time.time() * 1000)
+        for job in claimed.jobs:
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(functools.partial(self._job_finished, job_id))
-            self.tasks[job_id] = task
-            self._leases.keep(job_id)
-        return len(claimed)
+            task = self.loop.create_task(self._runner.run(job.job_id, job.due_ms - redis_ahead_ms))
+            task.add_done_callback(functools.partial(self._job_finished, job.job_id))
+            self.tasks[job.job_id] = task
+            self._leases.keep(job.job_id)
+        return len(claimed.jobs)
 
     def _job_finished(self, job_id: str, _: asyncio.Task[Any]) -> None:
         self._leases.drop(job_id)

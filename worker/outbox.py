@@ -15,36 +15,22 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from importlib.resources import files
 
 from redis import Redis as SyncRedis
 from redis.client import Pipeline as SyncPipeline
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from llm_pool.logging import OutageLog, get_logger
 
 log = get_logger(__name__)
 
-# KEYS: reply key, ledger hash, tokens-per-minute counter. ARGV: reply JSON, reply TTL, channel,
-# final event JSON, ledger TTL, prompt tokens, completion tokens, cost, whether to count in the
-# ledger, whether to count in the tokens-per-minute counter.
-FINALIZE_LUA = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then
-  return 0
-end
-if ARGV[9] == '1' then
-  redis.call('HINCRBY', KEYS[2], 'requests', 1)
-  redis.call('HINCRBY', KEYS[2], 'prompt_tokens', tonumber(ARGV[6]))
-  redis.call('HINCRBY', KEYS[2], 'completion_tokens', tonumber(ARGV[7]))
-  redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[8])
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-end
-if ARGV[10] == '1' then
-  redis.call('INCRBY', KEYS[3], tonumber(ARGV[6]) + tonumber(ARGV[7]))
-  redis.call('EXPIRE', KEYS[3], 120)
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
+FINALIZE_LUA = (files("worker") / "finalize.lua").read_text(encoding="utf-8")
+
+# What ``Outbox.finish`` reports (``finalize.lua``'s return value).
+DUPLICATE = 0  # the reply key existed: an earlier run had answered
+WRITTEN = 1
+EVENT_REFUSED = 2  # the reply is written, but Redis refused the final event (an ACL on the channel)
 
 
 @dataclass(frozen=True)
@@ -67,7 +53,7 @@ class Final:
     channel: str
     event_json: bytes
     ledger: LedgerEntry | None
-    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass(frozen=True)
@@ -99,6 +85,7 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finalize = redis.register_script(FINALIZE_LUA)
         self._outage = OutageLog(log, "outbox_redis_unavailable", "outbox_redis_recovered")
+        self._full = OutageLog(log, "outbox_redis_full", "outbox_redis_accepts_writes")
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -127,8 +114,11 @@ class Outbox:
         """Queue one pub-sub message; it leaves with the next batch."""
         self._put(Publish(channel, data))
 
-    async def finish(self, final: Final) -> bool:
-        """Queue the final write and wait until Redis has it; False if the reply already existed."""
+    async def finish(self, final: Final) -> int:
+        """Queue the final write and wait until Redis has it: ``WRITTEN``, ``DUPLICATE`` (the reply
+        existed) or ``EVENT_REFUSED``. While Redis is out of memory the write is retried (the job
+        keeps its lease meanwhile): a request that ran is never run again for want of memory.
+        Raises the Redis error if Redis refuses the write for any other reason."""
         self._put(final)
         return await asyncio.shield(final.done)
 
@@ -156,7 +146,7 @@ class Outbox:
             if isinstance(result, BaseException):
                 final.done.set_exception(result)
             else:
-                final.done.set_result(bool(result))
+                final.done.set_result(result if isinstance(result, int) else WRITTEN)
 
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
@@ -185,10 +175,19 @@ class Outbox:
                 time.sleep(self._retry_delay_s)
                 continue
             self._outage.succeeded()
+            refused: list[Publish | Final] = []
             for item, result in zip(batch, results, strict=True):
                 if isinstance(item, Final):
-                    self._resolve(item, result)
-            return
+                    if isinstance(result, RedisError) and _out_of_memory(result) and not self._stopping:
+                        refused.append(item)
+                        self._full.failed(result)
+                    else:
+                        self._resolve(item, result)
+            if not refused:
+                self._full.succeeded()
+                return
+            batch = refused
+            time.sleep(self._retry_delay_s)
 
     def _queue_final(self, pipe: SyncPipeline, final: Final) -> None:
         ledger = final.ledger
@@ -207,3 +206,8 @@ class Outbox:
             "1" if tpm_key else "0",
         ]
         self._finalize(keys=keys, args=args, client=pipe)
+
+
+def _out_of_memory(error: RedisError) -> bool:
+    """Whether Redis refused a write because it is full (``maxmemory`` with ``noeviction``)."""
+    return isinstance(error, OutOfMemoryError) or str(error).startswith("OOM")
