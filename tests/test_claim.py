@@ -246,4 +246,5 @@ async def test_entries_that_cannot_be_request_ids_are_dead_lettered(queue: Queue
     assert await redis.zscore(queue.keys.queue, not_utf8) is None
     assert await redis.zscore(queue.keys.queue, too_long) is None
     assert not await redis.exists(b"arq:job:" + too_long)
+    assert not await redis.exists(queue.keys.due_prefix.encode() + too_long)
     assert (await queue.claimer.claim(5)).jobs == []

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from llm_pool.fairness import FAIR_ADD_LUA, fair_prefix
@@ -114,9 +115,10 @@ class Claimer:
             if 0 < len(job_id) <= MAX_REQUEST_ID_CHARS:
                 return job_id
             reason = "id_length"
-        await self._dead_letter(
-            keys=[self._keys.queue, self._keys.dead_letter], args=[raw_id, DEAD_LETTER_KEEP]
-        )
+        keys: list[str | bytes] = [self._keys.queue, self._keys.dead_letter]
+        keys += [prefix.encode() + raw_id for prefix in (job_key_prefix, in_progress_key_prefix)]
+        keys += [retry_key_prefix.encode() + raw_id, self._keys.due_prefix.encode() + raw_id]
+        await self._dead_letter(keys=keys, args=[raw_id, DEAD_LETTER_KEEP])
         # The entry itself is not logged: it may be anything, of any size.
         log.warning("job_dead_lettered", reason=reason, id_bytes=len(raw_id))
         return None

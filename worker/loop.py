@@ -149,6 +149,7 @@ class PoolWorker(Worker):
         self._redis_outage = OutageLog(log, "redis_unavailable", "redis_available_again")
         self._claimer: Claimer | None = None
         self._runner: JobRunner | None = None
+        self._last_look = 0.0
         self._leases = LeaseKeeper(redis_url, self._lease_ms)
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
@@ -218,6 +219,13 @@ class PoolWorker(Worker):
             if self.allow_pick_jobs and self.job_counter < self.max_jobs:
                 free = self.max_jobs - self.job_counter
                 claimed = await self._claim_and_start(min(self.queue_read_limit, free))
+            elif not self._draining and time.monotonic() - self._last_look >= self.poll_delay_s:
+                # Full or lagging: claim nothing, but let the script stamp jobs enqueued by plain
+                # arq as they arrive, so that their deadlines count from then, not from when a
+                # worker has room (RELIABILITY.md, clocks).
+                assert self._claimer is not None, "main() sets it up"
+                await self._claimer.claim(0)
+                self._last_look = time.monotonic()
             await self.heart_beat()
         except (RedisError, OSError) as exc:
             self._redis_outage.failed(exc)
@@ -236,6 +244,7 @@ class PoolWorker(Worker):
     async def _claim_and_start(self, count: int) -> int:
         assert self._claimer is not None and self._runner is not None, "main() sets them up"
         claimed = await self._claimer.claim(count)
+        self._last_look = time.monotonic()
         # Deadlines count in Redis's clock: this machine's may be off.
         redis_ahead_ms = claimed.redis_now_ms - int(time.time() * 1000)
         for job in claimed.jobs:
