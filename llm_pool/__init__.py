@@ -3,7 +3,8 @@
 Importing the package is cheap; the client does not import LiteLLM.
 """
 
-from llm_pool.client import InvalidRequestError, LLMPool, ReplyTimeout
+from llm_pool.client import LLMPool
+from llm_pool.errors import InvalidRequestError, PoolError, PoolUnavailable, ReplyTimeout, SubscribeRefused
 from llm_pool.keys import Keys
 from llm_pool.schemas import (
     ChunkEvent,
@@ -32,9 +33,12 @@ __all__ = [
     "Keys",
     "LLMPool",
     "OkReply",
+    "PoolError",
+    "PoolUnavailable",
     "ReplyTimeout",
     "ResetEvent",
     "Settings",
+    "SubscribeRefused",
     "Usage",
     "__version__",
     "load_settings",

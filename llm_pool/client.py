@@ -1,8 +1,12 @@
 """``LLMPool``: the caller's side of contract v1 (the orchestrator's client).
 
-Every wait blocks on Redis pub-sub, never on a sleep: the client subscribes to the request's
-channel (confirmed by Redis) before it enqueues, reads the reply key once in case the request had
-already finished, and otherwise wakes on the final event and reads the reply key then.
+It owns "every request is answered exactly once" as the caller sees it. Every wait blocks on Redis
+pub-sub, never on a sleep, and is bounded by the request's budget: the client subscribes to the
+request's channel (confirmed by Redis) before it enqueues, and ends on the request's own final
+event or on the reply key, which it reads whenever events may have been missed (after a
+re-subscription, while a stream has a gap, and when the budget runs out). ``StreamTracker`` decides
+which events reach the caller, so a stream is never handed back truncated and marked ``done``.
+Failures are the typed errors of ``llm_pool.errors``.
 """
 
 from __future__ import annotations
@@ -10,17 +14,24 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from pydantic import ValidationError
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import RedisError
 from typing_extensions import Unpack
 
 from llm_pool.enqueue import Enqueuer
-from llm_pool.keys import Keys
-from llm_pool.multiplexer import Multiplexer
+
+# Re-exported: callers imported these two from here before llm_pool.errors existed.
+from llm_pool.errors import InvalidRequestError as InvalidRequestError
+from llm_pool.errors import PoolUnavailable, redis_address
+from llm_pool.errors import ReplyTimeout as ReplyTimeout
+from llm_pool.keys import MAX_REQUEST_ID_CHARS, Keys
+from llm_pool.logging import get_logger
+from llm_pool.multiplexer import Item, Multiplexer, Signal
 from llm_pool.schemas import (
     ChunkEvent,
     CompletionRequest,
@@ -35,21 +46,21 @@ from llm_pool.schemas import (
     parse_event,
     parse_reply,
 )
+from llm_pool.serialization import json_problem
 from llm_pool.settings import Settings, load_settings
 
 Reply = OkReply | ErrorReply
 Event = ChunkEvent | DoneEvent | ErrorEvent | ResetEvent
+T = TypeVar("T")
+
+log = get_logger(__name__)
 
 # How long past the request's own deadline a caller waits for its final event.
 WAIT_MARGIN_S = 10.0
-
-
-class InvalidRequestError(ValueError):
-    """The request breaks contract section 1; it was not enqueued."""
-
-
-class ReplyTimeout(TimeoutError):
-    """No final state arrived in time (no worker running, or Redis unreachable)."""
+# While a stream has a gap, the reply key is read this often (and on every re-subscription).
+RECHECK_S = 1.0
+# A read of the reply key may take this long even when the budget has run out.
+LAST_READ_S = 1.0
 
 
 class RequestOptions(TypedDict, total=False):
@@ -62,10 +73,120 @@ class RequestOptions(TypedDict, total=False):
     request_id: str
 
 
+class StreamTracker:
+    """Which of a channel's messages a caller gets, and what it is still owed at the end.
+
+    No I/O. ``accept`` takes each message and returns the event to yield, if any: other requests'
+    events and garbage are ignored (counted in ``ignored``). After a gap (``drop()``: the connection
+    dropped; or a ``seq`` that is not the next one) no chunk is passed on until the end, and
+    ``finish(reply)`` turns the reply key into what the caller missed: the rest of the text when the
+    reply continues what it was shown, else a ``reset`` and the whole text; then the final event.
+    """
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.gap = False
+        self.final_seen = False
+        self.events = 0  # the request's own events
+        self.ignored = 0  # other requests' events and messages that are not events
+        self.first_ignored = ""  # what the first ignored message was (never its text)
+        self._shown: list[str] = []  # text passed on since the last reset
+        self._next_seq = 0
+
+    def drop(self) -> None:
+        self.gap = True
+
+    def accept(self, raw: bytes) -> Event | None:
+        try:
+            event = parse_event(raw)
+        except ValidationError:
+            self._ignore("a message that is not an event")
+            return None
+        if event.request_id != self.request_id:
+            self._ignore(f"{event.type} of request {event.request_id[:64]!r}")
+            return None
+        self.events += 1
+        if isinstance(event, DoneEvent | ErrorEvent):
+            self.final_seen = True
+        elif self.gap:
+            pass
+        elif isinstance(event, ResetEvent):
+            self._shown, self._next_seq = [], 0
+        elif event.seq != self._next_seq:
+            self.gap = True
+        else:
+            self._shown.append(event.text)
+            self._next_seq += 1
+        return None if self.gap else event
+
+    def finish(self, reply: Reply) -> list[Event]:
+        """The events that end the stream, from the reply key."""
+        if isinstance(reply, ErrorReply):
+            return [final_event(reply)]
+        shown = "".join(self._shown)
+        missed: list[Event] = []
+        if reply.content.startswith(shown):
+            if rest := reply.content[len(shown) :]:
+                missed.append(ChunkEvent(text=rest, request_id=self.request_id, seq=self._next_seq))
+        else:
+            missed.append(ResetEvent(request_id=self.request_id, attempt=reply.attempt))
+            if reply.content:
+                missed.append(ChunkEvent(text=reply.content, request_id=self.request_id, seq=0))
+        return [*missed, final_event(reply)]
+
+    def _ignore(self, what: str) -> None:
+        self.ignored += 1
+        self.first_ignored = self.first_ignored or what
+
+
+class _Wait:
+    """One request's budget, and what its caller has seen so far (for ``ReplyTimeout``)."""
+
+    def __init__(self, request_id: str, channel: str, reply_key: str, budget_s: float) -> None:
+        self.request_id = request_id
+        self.channel = channel
+        self.reply_key = reply_key
+        self.budget_s = budget_s
+        self.started = time.monotonic()
+        self.subscribed = False
+        self.enqueued: bool | None = None  # None: waiting on a request enqueued by someone else
+        self.drops = 0
+        self.reply_reads = 0
+        self.reply: Reply | None = None
+
+    def remaining(self) -> float:
+        return self.started + self.budget_s - time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    async def next(self, queue: asyncio.Queue[Item], gap: bool) -> Item | None:
+        """The next message or signal; None when it is time to read the reply key."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(queue.get(), min(remaining, RECHECK_S) if gap else remaining)
+        except TimeoutError:
+            return None
+
+    def describe(self, tracker: StreamTracker, reply_key_state: str) -> str:
+        enqueued = {None: "enqueued beforehand", True: "enqueued", False: "not enqueued"}[self.enqueued]
+        return (
+            f"request {self.request_id}: no reply after {time.monotonic() - self.started:.1f} s "
+            f"(budget {self.budget_s:.1f} s); subscribed to {self.channel}: "
+            f"{'yes' if self.subscribed else 'no'}; {enqueued}; {tracker.events} events received "
+            f"({tracker.ignored} ignored); pub-sub connection dropped {self.drops} time(s); "
+            f"reply key {self.reply_key} read {self.reply_reads} time(s): {reply_key_state}"
+        )
+
+
 class LLMPool:
     """Async client: ``complete``, ``stream``, ``submit``, ``reply``, ``wait`` and ``cancel``.
 
-    Use as ``async with LLMPool() as pool: reply = await pool.complete(...)``.
+    Use as ``async with LLMPool() as pool: reply = await pool.complete(...)``. Failures raise a
+    ``PoolError``: ``InvalidRequestError``, ``SubscribeRefused``, ``PoolUnavailable``, ``ReplyTimeout``.
     """
 
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
@@ -73,6 +194,7 @@ class LLMPool:
         self.keys = Keys(self._settings.redis.key_prefix)
         url = redis_url or self._settings.redis.url
         self._redis: Redis = Redis(connection_pool=ConnectionPool.from_url(url))
+        self._address = redis_address(self._redis)
         self._mux = Multiplexer(self._redis, f"{self.keys.prefix}:client:{uuid.uuid4().hex}")
         self._enqueuer = Enqueuer(self._redis, self.keys)
 
@@ -96,13 +218,24 @@ class LLMPool:
         """Validate a request as the worker will; raises ``InvalidRequestError``."""
         fields: dict[str, Any] = {k: v for k, v in options.items() if k != "request_id"}
         request_id = options.get("request_id") or uuid.uuid4().hex
+        if not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS:
+            raise InvalidRequestError(f"request_id: must be 1 to {MAX_REQUEST_ID_CHARS} characters")
+        raw = {"model": model, "messages": messages, "tenant_id": tenant_id, **fields}
+        problem = json_problem(raw)
+        if problem is not None:
+            raise InvalidRequestError(problem.replace("the job", "the request", 1))
         try:
-            request = CompletionRequest.model_validate(
-                {"model": model, "messages": messages, "tenant_id": tenant_id, **fields}
-            )
+            request = CompletionRequest.model_validate(raw)
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error(exc)) from None
         limits = self._settings.worker
+        if request.channel is not None and not self.keys.channel_allowed(
+            request.channel, limits.allowed_channels
+        ):
+            patterns = ", ".join(limits.allowed_channels)
+            raise InvalidRequestError(
+                f"channel: not an allowed channel (worker.allowed_channels: {patterns})"
+            )
         too_big = limit_violation(request, limits.max_messages, limits.max_tools)
         if too_big is None:
             size = len(request.model_dump_json(exclude_none=True))
@@ -135,7 +268,8 @@ class LLMPool:
     ) -> str:
         """Enqueue without waiting; returns the request id. Read the result with ``wait``."""
         request_id, request = self.build_request(model, messages, tenant_id, **options)
-        await self._enqueue(request_id, request, stream)
+        wait = self._wait(request_id, self.channel_of(request_id, request), self._wait_budget_s(request))
+        await self._bounded(wait, "enqueueing", self._enqueue(request_id, request, stream))
         return request_id
 
     # --- waiting --------------------------------------------------------------------------
@@ -144,77 +278,132 @@ class LLMPool:
         timeout = request.timeout_s if request and request.timeout_s else None
         return (timeout or self._settings.worker.default_timeout_s) + WAIT_MARGIN_S
 
+    def _wait(self, request_id: str, channel: str, budget_s: float) -> _Wait:
+        return _Wait(request_id, channel, self.keys.reply(request_id), budget_s)
+
     async def reply(self, request_id: str) -> Reply | None:
         """The reply key's content, or None while the request has no final state."""
+        try:
+            return await self._read_reply(request_id)
+        except (RedisError, OSError) as exc:
+            raise PoolUnavailable(self._address, exc, f"reading {self.keys.reply(request_id)}") from exc
+
+    async def _read_reply(self, request_id: str) -> Reply | None:
         raw = await self._redis.get(self.keys.reply(request_id))
         return parse_reply(raw) if raw is not None else None
 
     async def wait(
         self, request_id: str, *, channel: str | None = None, timeout_s: float | None = None
     ) -> Reply:
-        """Block until the request's final event, then return its reply."""
+        """Block until the request's final state, then return its reply."""
         budget = timeout_s if timeout_s is not None else self._wait_budget_s(None)
-        channel = channel or self.keys.stream(request_id)
-        return await self._reply_after(request_id, self._events(request_id, channel, budget, None))
+        wait = self._wait(request_id, channel or self.keys.stream(request_id), budget)
+        return await self._reply_after(wait, None)
 
     async def complete(
         self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
     ) -> Reply:
         """One completion through the pool; returns the reply (``status`` ok or error)."""
         request_id, request = self.build_request(model, messages, tenant_id, **options)
-        channel = self.channel_of(request_id, request)
-        events = self._events(request_id, channel, self._wait_budget_s(request), (request, False))
-        return await self._reply_after(request_id, events)
+        wait = self._wait(request_id, self.channel_of(request_id, request), self._wait_budget_s(request))
+        return await self._reply_after(wait, (request, False))
 
-    async def _reply_after(self, request_id: str, events: AsyncIterator[Event]) -> Reply:
-        async for _ in events:
+    async def _reply_after(self, wait: _Wait, enqueue: tuple[CompletionRequest, bool] | None) -> Reply:
+        async for _ in self._events(wait, enqueue):
             pass
-        reply = await self.reply(request_id)
-        if reply is None:
-            raise ReplyTimeout(f"request {request_id}: final event seen but the reply key is gone")
-        return reply
+        return wait.reply if wait.reply is not None else await self._reply_of_final_event(wait)
 
     async def stream(
         self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
     ) -> AsyncIterator[Event]:
-        """Yield the request's events (section 3) as they arrive, ending with ``done`` or ``error``."""
+        """Yield the request's events (section 3) as they arrive, ending with ``done`` or ``error``.
+
+        After a gap (a dropped connection, a missing ``seq``) no chunk is yielded until the request
+        ends; then the text the caller missed comes from the reply key: one chunk with the rest, or a
+        ``reset`` and one chunk with the whole text if the reply does not continue what was yielded.
+        """
         request_id, request = self.build_request(model, messages, tenant_id, **options)
-        channel = self.channel_of(request_id, request)
-        async for event in self._events(request_id, channel, self._wait_budget_s(request), (request, True)):
+        wait = self._wait(request_id, self.channel_of(request_id, request), self._wait_budget_s(request))
+        async for event in self._events(wait, (request, True)):
             yield event
 
     async def _events(
-        self,
-        request_id: str,
-        channel: str,
-        budget_s: float,
-        enqueue: tuple[CompletionRequest, bool] | None,
+        self, wait: _Wait, enqueue: tuple[CompletionRequest, bool] | None
     ) -> AsyncIterator[Event]:
-        deadline = time.monotonic() + budget_s
-        async with self._mux.subscribe(channel) as queue:
+        tracker = StreamTracker(wait.request_id)
+        async with self._mux.subscribe(wait.channel, wait.remaining()) as queue:
+            wait.subscribed = True
             if enqueue is not None:
-                existing = await self._enqueue(request_id, enqueue[0], enqueue[1])
+                wait.enqueued = False
+                reply = await self._bounded(wait, "enqueueing", self._enqueue(wait.request_id, *enqueue))
+                wait.enqueued = True
             else:
-                existing = await self.reply(request_id)
-            if existing is not None:
-                yield final_event(existing)
-                return
-            while True:
-                remaining = deadline - time.monotonic()
-                try:
-                    raw = await asyncio.wait_for(queue.get(), max(remaining, 0.001))
-                except TimeoutError:
-                    # The final event may have been missed during a reconnect: the key tells.
-                    late = await self.reply(request_id)
-                    if late is not None:
-                        yield final_event(late)
-                        return
-                    raise ReplyTimeout(f"request {request_id}: no final state after {budget_s:g}s") from None
-                event = parse_event(raw)
-                yield event
-                if isinstance(event, DoneEvent | ErrorEvent):
-                    return
+                reply = await self._bounded(wait, "reading the reply key", self._read_reply(wait.request_id))
+            warned = False
+            while reply is None:
+                item = await wait.next(queue, tracker.gap)
+                if item is Signal.DROPPED:
+                    tracker.drop()
+                    wait.drops += 1
+                elif item is None or item is Signal.RESUBSCRIBED:
+                    reply = await self._check_reply(wait, tracker)
+                else:
+                    event = tracker.accept(item)
+                    if tracker.ignored and not warned:
+                        warned = True
+                        log.warning(
+                            "foreign_events_ignored",
+                            request_id=wait.request_id,
+                            channel=wait.channel,
+                            first=tracker.first_ignored,
+                        )
+                    if event is not None:
+                        yield event
+                    if tracker.final_seen:
+                        if event is not None:
+                            return  # the final event itself; the reply key is read by whoever needs it
+                        reply = await self._reply_of_final_event(wait)
+        wait.reply = reply
+        for event in tracker.finish(reply):
+            yield event
+
+    async def _reply_of_final_event(self, wait: _Wait) -> Reply:
+        """The reply key, written before the final event was published (contract section 3)."""
+        reply = await self._bounded(wait, "reading the reply key", self._read_reply(wait.request_id))
+        if reply is None:
+            raise ReplyTimeout(f"request {wait.request_id}: final event seen but {wait.reply_key} is gone")
+        return reply
+
+    async def _check_reply(self, wait: _Wait, tracker: StreamTracker) -> Reply | None:
+        """The reply key, when events may have been missed; at the budget's end, the error instead."""
+        try:
+            async with asyncio.timeout(max(wait.remaining(), LAST_READ_S)):
+                reply = await self._read_reply(wait.request_id)
+        except (RedisError, OSError) as exc:
+            if not wait.expired:
+                return None  # Redis may be back within the budget
+            raise PoolUnavailable(self._address, exc, wait.describe(tracker, "unreadable")) from exc
+        wait.reply_reads += 1
+        if reply is None and wait.expired:
+            raise ReplyTimeout(wait.describe(tracker, "absent"))
+        return reply
+
+    async def _bounded(self, wait: _Wait, what: str, call: Awaitable[T]) -> T:
+        """One Redis call within the budget (a read of the reply key may take ``LAST_READ_S``)."""
+        try:
+            async with asyncio.timeout(max(wait.remaining(), LAST_READ_S)):
+                return await call
+        except TimeoutError:
+            raise ReplyTimeout(
+                f"request {wait.request_id}: {what} got no answer from Redis at {self._address} "
+                f"within the budget ({wait.budget_s:.1f} s)"
+            ) from None
+        except (RedisError, OSError) as exc:
+            raise PoolUnavailable(self._address, exc, f"request {wait.request_id}: {what}") from exc
 
     async def cancel(self, request_id: str) -> None:
         """Ask the pool to stop the request (contract section 5)."""
-        await self._redis.set(self.keys.cancel(request_id), b"1", ex=600)
+        try:
+            await self._redis.set(self.keys.cancel(request_id), b"1", ex=600)
+        except (RedisError, OSError) as exc:
+            raise PoolUnavailable(self._address, exc, f"cancelling {request_id}") from exc

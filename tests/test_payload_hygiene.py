@@ -84,6 +84,7 @@ async def test_oversize_envelope_is_refused_without_being_read(
                 f"Redis sent {sent} bytes between the enqueue and the reply: the worker read the "
                 f"{len(job)}-byte envelope instead of checking its length"
             )
+            print(f"{len(job)}-byte envelope refused; Redis sent {sent} bytes meanwhile")
         finally:
             await client.aclose()
 

@@ -144,3 +144,26 @@ def test_channels_must_match_an_allowed_pattern() -> None:
     assert not keys.channel_allowed("other_pool:stream:victim", default)
     assert not keys.channel_allowed("pool1:wake", default)
     assert keys.channel_allowed("ws:42", [*default, "ws:*"])
+
+
+async def test_the_client_refuses_what_the_worker_would() -> None:
+    from llm_pool.client import InvalidRequestError, LLMPool
+    from llm_pool.settings import Settings
+
+    pool = LLMPool(Settings(), redis_url="redis://127.0.0.1:1/0")  # never connects: nothing is sent
+    try:
+        messages = [{"role": "user", "content": "hi"}]
+        tenant = str(uuid.uuid4())
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"request_id": "r" * 129}, "request_id"),
+            ({"channel": "other_pool:stream:x"}, "channel"),
+            ({"metadata": {"k": "\ud800"}}, "surrogate"),
+            ({"params": {"response_format": nested(100)}}, "nested"),
+        ]
+        for options, reason in cases:
+            with pytest.raises(InvalidRequestError, match=reason):
+                pool.build_request("fast", messages, tenant, **options)
+        request_id, _ = pool.build_request("fast", messages, tenant, request_id="r" * 128)
+        assert request_id == "r" * 128
+    finally:
+        await pool.close()
