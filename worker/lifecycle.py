@@ -15,6 +15,7 @@ from worker.heartbeat import HeartbeatTask
 from worker.limits import Limiter
 from worker.metrics import Metrics
 from worker.outbox import Outbox
+from worker.server_check import check_server
 from worker.state import JobCounters, WorkerState, default_worker_id
 
 log = get_logger("worker")
@@ -25,6 +26,7 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         redis = ctx["redis"]
+        await check_server(redis)
         keys = Keys(settings.redis.key_prefix)
         worker_id = settings.worker.worker_id or default_worker_id()
         router = PoolRouter(settings)

@@ -269,6 +269,10 @@ class RedisServer:
             client.close()
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
+    def kill(self) -> None:
+        """SIGKILL: the server writes nothing more, as in a crash (an AOF keeps what it had fsynced)."""
+        self._signal(signal.SIGKILL)
+
     def stop(self, save: bool = False) -> None:
         """Stop the server: ``SHUTDOWN SAVE`` with ``save``, else SIGTERM to its PID (it keeps nothing)."""
         if save:
@@ -276,12 +280,16 @@ class RedisServer:
             with contextlib.suppress(redis.ConnectionError):
                 redis.Redis.from_url(self.url).shutdown(save=True)
             return
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        """Send ``signum`` to the server and wait until it has exited (SIGKILL after 10 s)."""
         try:
             pid = int(self._pidfile.read_text().strip())
         except (OSError, ValueError):
             return  # never started, or already gone
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signum)
             for _ in range(200):
                 os.kill(pid, 0)
                 time.sleep(0.05)
