@@ -26,6 +26,7 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llm_pool.connections import async_redis
 from llm_pool.fairness import fair_prefix
 from llm_pool.health import check, live_workers
 from llm_pool.keys import Keys, utc_day
@@ -200,7 +201,7 @@ COMMANDS = {
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> tuple[Any, str]:
-    redis = Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=10)
+    redis = async_redis(settings.redis, socket_connect_timeout=5, socket_timeout=10)
     try:
         return await COMMANDS[args.command](redis, Keys(settings.redis.key_prefix), args)
     finally:

@@ -19,10 +19,11 @@ from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
 from pydantic import ValidationError
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from typing_extensions import Unpack
 
+from llm_pool.connections import async_redis
 from llm_pool.enqueue import Enqueuer
 
 # Re-exported: callers imported these two from here before llm_pool.errors existed.
@@ -192,8 +193,10 @@ class LLMPool:
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
         self._settings = settings or load_settings()
         self.keys = Keys(self._settings.redis.key_prefix)
-        url = redis_url or self._settings.redis.url
-        self._redis: Redis = Redis(connection_pool=ConnectionPool.from_url(url))
+        section = self._settings.redis
+        if redis_url:
+            section = section.model_copy(update={"url": redis_url})
+        self._redis: Redis = async_redis(section)
         self._address = redis_address(self._redis)
         self._mux = Multiplexer(self._redis, f"{self.keys.prefix}:client:{uuid.uuid4().hex}")
         self._enqueuer = Enqueuer(self._redis, self.keys)

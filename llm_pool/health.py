@@ -13,6 +13,7 @@ import sys
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llm_pool.connections import async_redis
 from llm_pool.keys import Keys
 from llm_pool.schemas import Heartbeat
 from llm_pool.settings import SettingsError, load_settings
@@ -29,7 +30,8 @@ async def check(worker_id: str | None = None, redis_url: str | None = None) -> t
     """(healthy, one line saying why)."""
     settings = load_settings()
     keys = Keys(settings.redis.key_prefix)
-    redis = Redis.from_url(redis_url or settings.redis.url, socket_timeout=5, socket_connect_timeout=5)
+    section = settings.redis.model_copy(update={"url": redis_url}) if redis_url else settings.redis
+    redis = async_redis(section, socket_timeout=5, socket_connect_timeout=5)
     try:
         if worker_id is not None:
             raw = await redis.get(keys.heartbeat(worker_id))

@@ -34,6 +34,13 @@ class _Section(BaseModel):
 class RedisSection(_Section):
     url: str = "redis://localhost:6379/0"
     key_prefix: str = Field(default="llm_pool", pattern=r"^[A-Za-z0-9_.\-]+$")
+    # TLS, for a rediss:// URL (llm_pool/connections.py): CA file, client certificate and key,
+    # whether the server's certificate is required, and whether its name must match the URL's host.
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] | None = None
+    ssl_check_hostname: bool | None = None
 
     @field_validator("url")
     @classmethod

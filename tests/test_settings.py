@@ -81,3 +81,20 @@ def test_bad_settings_say_what_is_wrong(tmp_path: Path, text: str, message: str)
 def test_missing_named_settings_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(environ={"LLM_POOL_SETTINGS": str(tmp_path / "nope.toml")})
+
+
+def test_tls_options_reach_every_kind_of_connection() -> None:
+    from llm_pool.connections import arq_settings, sync_redis, tls_options
+    from llm_pool.settings import RedisSection
+
+    from_url = RedisSection(url="rediss://h:6380/2?ssl_ca_certs=/ca.crt&ssl_check_hostname=false")
+    assert tls_options(from_url) == {"ssl_ca_certs": "/ca.crt", "ssl_check_hostname": False}
+    section = from_url.model_copy(update={"ssl_ca_certs": "/other.crt", "ssl_certfile": "/c.crt"})
+    arq = arq_settings(section)
+    assert (arq.host, arq.port, arq.database, arq.ssl) == ("h", 6380, 2, True)
+    assert (arq.ssl_ca_certs, arq.ssl_certfile, arq.ssl_check_hostname) == ("/other.crt", "/c.crt", False)
+    client = sync_redis(section)
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["ssl_ca_certs"] == "/other.crt" and kwargs["ssl_certfile"] == "/c.crt"
+    client.close()
+    assert tls_options(RedisSection(url="redis://h:6379/0", ssl_ca_certs="/ca.crt")) == {}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis import Redis as SyncRedis
-
+from llm_pool.connections import sync_redis
 from llm_pool.keys import Keys
 from llm_pool.logging import get_logger
 from llm_pool.router import PoolRouter
@@ -30,12 +29,17 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
         keys = Keys(settings.redis.key_prefix)
         worker_id = settings.worker.worker_id or default_worker_id()
         router = PoolRouter(settings)
-        outbox = Outbox(SyncRedis.from_url(settings.redis.url))
+        outbox = Outbox(sync_redis(settings.redis))
         cancels = CancelWatcher(redis, keys.cancel)
         counters = JobCounters()
         metrics = Metrics(list(settings.groups), lambda: counters.running)
         if settings.metrics.port:
-            metrics.serve(settings.metrics.host, settings.metrics.port, settings.redis.url, keys.queue)
+            metrics.serve(
+                settings.metrics.host,
+                settings.metrics.port,
+                sync_redis(settings.redis, socket_timeout=2, socket_connect_timeout=2),
+                keys.queue,
+            )
         state = WorkerState(
             settings=settings,
             keys=keys,

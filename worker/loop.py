@@ -83,8 +83,8 @@ class LeaseKeeper:
     own connection renews on time as long as the process is alive, which is what a lease means.
     """
 
-    def __init__(self, redis_url: str, lease_ms: int) -> None:
-        self._redis = SyncRedis.from_url(redis_url)
+    def __init__(self, redis: SyncRedis, lease_ms: int) -> None:
+        self._redis = redis
         self._lease_ms = lease_ms
         self._running: set[str] = set()
         self._lock = threading.Lock()
@@ -130,7 +130,7 @@ class PoolWorker(Worker):
         tenants: TenantsSection,
         max_loop_lag_s: float,
         job_lease_s: float,
-        redis_url: str,
+        lease_redis: SyncRedis,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -150,7 +150,7 @@ class PoolWorker(Worker):
         self._claimer: Claimer | None = None
         self._runner: JobRunner | None = None
         self._last_look = 0.0
-        self._leases = LeaseKeeper(redis_url, self._lease_ms)
+        self._leases = LeaseKeeper(lease_redis, self._lease_ms)
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """SIGTERM/SIGINT: take no new jobs, let running ones finish within the grace period;

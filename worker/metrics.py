@@ -31,8 +31,8 @@ FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 class _QueueDepth(Collector):
     """``llm_pool_queue_depth``: jobs in the queue (waiting and running), read at scrape time."""
 
-    def __init__(self, redis_url: str, queue: str) -> None:
-        self._redis = SyncRedis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    def __init__(self, redis: SyncRedis, queue: str) -> None:
+        self._redis = redis
         self._queue = queue
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -103,9 +103,9 @@ class Metrics:
         """The label for a group name a caller sent: configured groups only."""
         return name if name is not None and name in self._groups else OTHER_GROUP
 
-    def serve(self, host: str, port: int, redis_url: str, queue: str) -> None:
+    def serve(self, host: str, port: int, redis: SyncRedis, queue: str) -> None:
         """Serve /metrics from a thread; a port that cannot be bound stops the worker, saying why."""
-        self.registry.register(_QueueDepth(redis_url, queue))
+        self.registry.register(_QueueDepth(redis, queue))
         try:
             start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import get_kwargs
 
+from llm_pool.connections import arq_settings, sync_redis
 from llm_pool.keys import Keys
 from llm_pool.serialization import job_decoder, json_dumps
 from llm_pool.settings import Settings, load_settings
@@ -25,7 +25,7 @@ def worker_settings(settings: Settings) -> type:
     attributes: dict[str, Any] = {
         "functions": [complete, complete_stream],
         "queue_name": settings.queue_name,
-        "redis_settings": RedisSettings.from_dsn(settings.redis.url),
+        "redis_settings": arq_settings(settings.redis),
         # Workers never unpickle: the envelope is JSON, and an undecodable one becomes a reply.
         "job_serializer": json_dumps,
         "job_deserializer": job_decoder(settings.worker.max_payload_bytes),
@@ -56,7 +56,7 @@ def create_pool_worker(settings: Settings) -> PoolWorker:
         tenants=settings.tenants,
         max_loop_lag_s=settings.worker.max_loop_lag_ms / 1000,
         job_lease_s=settings.worker.job_lease_s,
-        redis_url=settings.redis.url,
+        lease_redis=sync_redis(settings.redis),
     )
 
 

@@ -235,9 +235,15 @@ class RedisServer:
     """
 
     def __init__(
-        self, port: int | None = None, directory: Path | None = None, config: dict[str, str] | None = None
+        self,
+        port: int | None = None,
+        directory: Path | None = None,
+        config: dict[str, str] | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
-        """``config``: extra ``redis-server`` options, e.g. ``{"maxmemory": "20mb"}``."""
+        """``config``: extra ``redis-server`` options, e.g. ``{"maxmemory": "20mb"}``. With ``tls_ca``
+        the server speaks only TLS on ``port`` (``config`` names its certificate and key), and
+        ``url`` is ``rediss://`` with the CA as a query parameter."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure-redis.sh installs it)")
@@ -245,11 +251,15 @@ class RedisServer:
         self._dir = directory
         self._config = dict(config or {})
         self.port = port if port is not None else 20000 + random.randrange(20000)
+        self._tls_ca = tls_ca
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        if tls_ca is not None:
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls_ca}"
         self._pidfile = Path(tempfile.gettempdir()) / f"llm-pool-redis-{self.port}.pid"
 
     def start(self) -> None:
-        argv = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "yes"]
+        argv = [self._binary, "--bind", "127.0.0.1", "--daemonize", "yes"]
+        argv += ["--port", "0", "--tls-port", str(self.port)] if self._tls_ca else ["--port", str(self.port)]
         argv += ["--pidfile", str(self._pidfile)]
         argv += ["--save", "", "--appendonly", "no"]
         if self._dir is not None:
@@ -258,7 +268,7 @@ class RedisServer:
         for option, value in self._config.items():
             argv += [f"--{option}", *value.split()]
         subprocess.run(argv, check=True)
-        client = redis.Redis.from_url(self.url)
+        client = self.client()
         try:
             for _ in range(200):
                 with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
@@ -269,6 +279,12 @@ class RedisServer:
             client.close()
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
+    def client(self) -> redis.Redis:
+        """A redis-py client of this server (TLS verified with its CA)."""
+        if self._tls_ca is None:
+            return redis.Redis.from_url(self.url)
+        return redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self._tls_ca))
+
     def kill(self) -> None:
         """SIGKILL: the server writes nothing more, as in a crash (an AOF keeps what it had fsynced)."""
         self._signal(signal.SIGKILL)
@@ -278,7 +294,7 @@ class RedisServer:
         if save:
             # The server closes the connection as it goes.
             with contextlib.suppress(redis.ConnectionError):
-                redis.Redis.from_url(self.url).shutdown(save=True)
+                self.client().shutdown(save=True)
             return
         self._signal(signal.SIGTERM)
 
