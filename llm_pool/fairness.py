@@ -18,6 +18,7 @@ The pool's client indexes its jobs as it enqueues them; workers index the rest (
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 
 from llm_pool.keys import Keys
 
@@ -40,13 +41,5 @@ def fair_prefix(keys: Keys) -> str:
     return f"{keys.prefix}:fair:"
 
 
-# fair_add(prefix, id, score, tenant): index one waiting job.
-FAIR_ADD_LUA = """
-local function fair_add(prefix, id, score, tenant)
-  redis.call('HSET', prefix .. 'jobs', id, tenant)
-  redis.call('ZADD', prefix .. 'q:' .. tenant, score, id)
-  if not redis.call('ZSCORE', prefix .. 'tenants', tenant) then
-    redis.call('ZADD', prefix .. 'tenants', redis.call('INCR', prefix .. 'turn'), tenant)
-  end
-end
-"""
+# fair_add(prefix, id, score, tenant): the one Lua function that indexes a waiting job.
+FAIR_ADD_LUA = (files("llm_pool") / "fair_add.lua").read_text(encoding="utf-8")

@@ -11,34 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
 
 from redis.asyncio import Redis
 
 from llm_pool.keys import Keys, utc_day
 from llm_pool.settings import TenantLimits
 
-# KEYS: rpm counter, tpm counter, ledger hash. ARGV: rpm, tpm, daily budget (0 = unlimited).
-# Returns {} when admitted (and counted), else {limit name, current value}.
-ADMIT_LUA = """
-local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if budget > 0 then
-  local spent = tonumber(redis.call('HGET', KEYS[3], 'cost_usd') or '0')
-  if spent >= budget then return {'daily_budget_usd', tostring(spent)} end
-end
-if tpm > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= tpm then return {'tpm', tostring(used)} end
-end
-if rpm > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-  if n > rpm then
-    redis.call('DECR', KEYS[1])
-    return {'rpm', tostring(n - 1)}
-  end
-end
-return {}
-"""
+ADMIT_LUA = (files("worker") / "admit.lua").read_text(encoding="utf-8")
 
 LABELS = {
     "rpm": "requests per minute",
