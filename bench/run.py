@@ -40,6 +40,7 @@ from llm_pool.settings import load_settings
 from llm_pool.testing.cluster import (
     ROOT,
     FakeProviderProcess,
+    RedisServer,
     WorkerProcess,
     deployment_name,
     free_port,
@@ -82,9 +83,10 @@ class Results:
 class Bench:
     """A pool on this machine: the fake provider, a settings file, worker processes."""
 
-    def __init__(self, tmp: Path, results: Results) -> None:
+    def __init__(self, tmp: Path, results: Results, redis_url: str = REDIS_URL) -> None:
         self.tmp = tmp
         self.results = results
+        self.redis_url = redis_url
         self.provider = FakeProviderProcess()
         self.prefix = f"bench{uuid.uuid4().hex[:8]}"
         self.keys = Keys(self.prefix)
@@ -93,7 +95,7 @@ class Bench:
             settings_toml(
                 self.provider,
                 self.prefix,
-                REDIS_URL,
+                redis_url,
                 worker={
                     "log_level": "WARNING",
                     "heartbeat_interval_s": 1,
@@ -124,7 +126,7 @@ class Bench:
                 self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
             started.append(WorkerProcess(f"bw-{uuid.uuid4().hex[:6]}", env, self.tmp))
         for worker in started:
-            worker.wait_ready(REDIS_URL, self.keys.heartbeat(worker.worker_id), timeout_s=120)
+            worker.wait_ready(self.redis_url, self.keys.heartbeat(worker.worker_id), timeout_s=120)
         self.workers += started
         return started
 
@@ -135,7 +137,7 @@ class Bench:
         self.metrics_urls = []
 
     def client(self) -> LLMPool:
-        return LLMPool(self.settings, redis_url=REDIS_URL)
+        return LLMPool(self.settings, redis_url=self.redis_url)
 
     def direct(self, *args: str) -> dict[str, Any]:
         out = subprocess.run(
@@ -903,6 +905,181 @@ def rerun_line(args: argparse.Namespace, seconds: float) -> str:
     )
 
 
+# --- 9. wake-ups -------------------------------------------------------------------------------------
+
+
+async def redis_counters(client: aioredis.Redis) -> tuple[int, int, float]:
+    """(commands, Lua script calls, CPU seconds) Redis has spent so far."""
+    stats = await client.info("commandstats")
+    commands = sum(int(v["calls"]) for v in stats.values() if isinstance(v, dict))
+    scripts = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    cpu = await client.info("cpu")
+    return commands, scripts, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+async def wake_cost(wake: Bench, client: aioredis.Redis, requests: int, idle_s: int) -> dict[str, float]:
+    """Redis's cost of one 1-token request (net of idle polling), and of idling, per worker."""
+    before = await redis_counters(client)
+    await asyncio.sleep(idle_s)
+    after = await redis_counters(client)
+    idle = [(a - b) / idle_s for a, b in zip(after, before, strict=True)]
+    async with wake.client() as pool_client:
+        tenant = str(uuid.uuid4())
+        started, before = time.perf_counter(), await redis_counters(client)
+        for _ in range(requests):
+            reply = await pool_client.complete("fast", [{"role": "user", "content": "hi"}], tenant)
+            assert isinstance(reply, OkReply), reply
+            await asyncio.sleep(0.02)  # the workers go back to waiting, as between real requests
+        after = await redis_counters(client)
+        elapsed = time.perf_counter() - started
+    spent = [(a - b - i * elapsed) / requests for a, b, i in zip(after, before, idle, strict=True)]
+    return {
+        "commands": spent[0],
+        "scripts": spent[1],
+        "cpu_us": spent[2] * 1e6,
+        "idle_per_worker": idle[0] / len(wake.workers),
+    }
+
+
+async def enqueue_to_done_ms(
+    wake: Bench, samples: int, enqueue: Callable[[str], Awaitable[object]], desc: str
+) -> list[float]:
+    """Enqueue of a 1-token ``complete_stream`` (by ``enqueue(request_id)``) -> its ``done`` (ms)."""
+    listener = aioredis.Redis.from_url(wake.redis_url)
+    times: list[float] = []
+    try:
+        with bar(desc, total=samples + WARM_UP_JOBS, unit="job") as progress:
+            for _ in range(samples + WARM_UP_JOBS):
+                request_id = uuid.uuid4().hex
+                async with listener.pubsub() as pubsub:
+                    await pubsub.subscribe(wake.keys.stream(request_id))
+                    while (await pubsub.get_message(timeout=5)) is None:
+                        pass  # the subscription's confirmation
+                    started = time.perf_counter()
+                    await enqueue(request_id)
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
+                        if message is not None and json.loads(message["data"])["type"] in ("done", "error"):
+                            break
+                    times.append((time.perf_counter() - started) * 1000)
+                progress.update()
+                await asyncio.sleep(0.3)  # the workers go idle again
+    finally:
+        await listener.aclose()
+    return times[WARM_UP_JOBS:]
+
+
+WARM_UP_JOBS = 3
+
+
+async def wakeups(bench: Bench) -> None:
+    quick = bench.results.quick
+    section = "9. Wake-ups: one worker per job, plain-arq jobs pushed"
+    say(section)
+    server = RedisServer(port=free_port(), config={"notify-keyspace-events": "Kz"})
+    server.start()
+    (bench.tmp / "wake").mkdir(exist_ok=True)
+    wake = Bench(bench.tmp / "wake", bench.results, redis_url=server.url)
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        wake.configure(tokens=1)
+        costs: dict[int, dict[str, float]] = {}
+        for workers in (1, 8) if quick else (1, 8, 16):
+            say(f"  {workers} idle worker(s)")
+            wake.start_workers(workers)
+            await asyncio.sleep(2)
+            costs[workers] = await wake_cost(wake, client, 10 if quick else 50, 3 if quick else 10)
+            wake.stop_workers()
+            cost = costs[workers]
+            bench.results.add(
+                section,
+                f"{workers} worker(s): Redis commands / Lua calls / Redis CPU per request",
+                f"{cost['commands']:.1f} / {cost['scripts']:.2f} / {cost['cpu_us']:.0f} us",
+            )
+            bench.results.add(
+                section,
+                f"{workers} worker(s): idle Redis commands per second per worker",
+                f"{cost['idle_per_worker']:.1f}",
+                "met" if cost["idle_per_worker"] <= 5 else "NOT met (5/s)",
+            )
+        ratio = costs[8]["commands"] / costs[1]["commands"]
+        bench.results.add(
+            section,
+            "commands per request, 8 idle workers over 1",
+            f"{ratio:.2f}x",
+            "met" if ratio <= 1.5 else "NOT met (1.5x)",
+        )
+        wake.start_workers(2)
+        samples = 10 if quick else 100
+        direct = wake.direct("ttft", "1", str(samples))["ttft_ms"]
+        messages = [{"role": "user", "content": "hi"}]
+        tenant = str(uuid.uuid4())
+        request = {"model": "fast", "messages": messages, "tenant_id": tenant}
+        arq = await create_pool(
+            RedisSettings.from_dsn(wake.redis_url),
+            job_serializer=lambda o: json.dumps(o).encode(),
+            job_deserializer=json.loads,
+            default_queue_name=wake.keys.queue,
+        )
+        try:
+            pushed = await enqueue_to_done_ms(
+                wake,
+                samples,
+                lambda request_id: arq.enqueue_job("complete_stream", request, _job_id=request_id),
+                "  plain-arq enqueue -> done",
+            )
+        finally:
+            await arq.aclose()
+        async with wake.client() as pool_client:
+            by_client = await enqueue_to_done_ms(
+                wake,
+                samples,
+                lambda request_id: pool_client.submit(
+                    "fast", messages, tenant, stream=True, request_id=request_id
+                ),
+                "  LLMPool enqueue -> done",
+            )
+        wake.stop_workers()
+        d50, d90 = pct(pushed, 50) - pct(direct, 50), pct(pushed, 90) - pct(direct, 90)
+        bench.results.add(
+            section,
+            "plain-arq enqueue -> done of a 1-token stream, p50 / p90",
+            f"{pct(pushed, 50):.2f} / {pct(pushed, 90):.2f} ms",
+        )
+        bench.results.add(
+            section,
+            "the same through LLMPool.submit, p50 / p90",
+            f"{pct(by_client, 50):.2f} / {pct(by_client, 90):.2f} ms",
+        )
+        bench.results.add(
+            section,
+            "the same stream in process (litellm), p50 / p90",
+            f"{pct(direct, 50):.2f} / {pct(direct, 90):.2f} ms",
+        )
+        bench.results.add(
+            section,
+            "plain arq minus in process, p50 / p90",
+            f"{d50:.2f} / {d90:.2f} ms",
+            "met" if d50 <= 3 and d90 <= 10 else "NOT met (3 ms / 10 ms)",
+        )
+        bench.results.note(
+            section,
+            "Each worker count on a private Redis with notify-keyspace-events Kz, poll_delay_s 0.5; "
+            "per-request costs are net of the idle polling measured just before. Before this change "
+            "every enqueue woke every idle worker (measured: 3.85 Lua calls per request with 1 "
+            "worker, 9.9 with 8), and plain-arq jobs waited for the poll (p50 149 ms, p90 295 ms "
+            "more than in process). A plain-arq job now starts as fast as one from LLMPool (the two "
+            "rows above, within noise): the relay adds no measurable time. What separates both from "
+            "in process is the pool's path from enqueue to the done event (claim, envelope read, the "
+            "Router, the final write through the outbox thread), not the wake-up; the in-process "
+            "figure is the time to the stream's first (only) token, a lower bound of its end.",
+        )
+    finally:
+        wake.close()
+        await client.aclose()
+        server.stop()
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "roundtrip": round_trip,
     "ttft": ttft,
@@ -912,6 +1089,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "memory": memory,
     "startup": startup,
     "proxy": versus_proxy,
+    "wakeups": wakeups,
 }
 
 

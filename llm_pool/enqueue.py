@@ -4,7 +4,8 @@
 JSON envelope, a score in the queue's sorted set, arq's dedupe on the job and result keys), but as
 one Lua script that also returns the reply if the request had already finished, adds the job to
 the fair-share index of its tenant (``llm_pool/fairness.py``), and publishes the request id on
-``P:wake`` so that workers blocked on that channel start it at once instead of at their next poll.
+``P:wakeups``: one token per job, so that one idle worker blocked on that list (``BLPOP``) starts it
+at once instead of at its next poll, and the others sleep on.
 
 The job's time is Redis's (``TIME``), not this machine's: its queue score and ``P:due:{id}`` (from
 when its deadline counts) are stamped by the script; ``et`` in the envelope is only informational.
@@ -13,6 +14,7 @@ when its deadline counts) are stamped by the script; ``et`` in the envelope is o
 from __future__ import annotations
 
 import time
+from importlib.resources import files
 from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix
@@ -22,28 +24,12 @@ from llm_pool.fairness import FAIR_ADD_LUA, fair_prefix, index_tenant
 from llm_pool.keys import Keys
 from llm_pool.serialization import json_dumps
 
+# At most this many wake-up tokens wait (when every worker is busy): enough to wake every idle worker.
+WAKEUPS_KEPT = 1000
 # arq's default: a job that has not started within a day is dropped.
 JOB_EXPIRES_MS = 86_400_000
 
-# KEYS: job key, arq result key, queue, reply key, due key.
-# ARGV: envelope, job id, expiry (ms), wake channel, tenant, fair-index prefix.
-# Returns the reply if there is one already, 0 if the job exists (arq's dedupe), 1 if enqueued.
-ENQUEUE_LUA = (
-    FAIR_ADD_LUA
-    + """
-local reply = redis.call('GET', KEYS[4])
-if reply then return reply end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], now, ARGV[2])
-redis.call('SET', KEYS[5], now, 'PX', ARGV[3])
-fair_add(ARGV[6], ARGV[2], now, ARGV[5])
-redis.call('PUBLISH', ARGV[4], ARGV[2])
-return 1
-"""
-)
+ENQUEUE_LUA = FAIR_ADD_LUA + (files("llm_pool") / "enqueue.lua").read_text(encoding="utf-8")
 
 
 class Enqueuer:
@@ -62,14 +48,15 @@ class Enqueuer:
                 self._keys.queue,
                 self._keys.reply(request_id),
                 self._keys.due(request_id),
+                self._keys.wakeups,
             ],
             args=[
                 envelope,
                 request_id,
                 JOB_EXPIRES_MS,
-                self._keys.wake,
                 index_tenant(str(argument.get("tenant_id", ""))),
                 fair_prefix(self._keys),
+                WAKEUPS_KEPT,
             ],
         )
         return result if isinstance(result, bytes) else None

@@ -22,9 +22,14 @@ class Keys:
         return f"{self.prefix}:queue"
 
     @property
-    def wake(self) -> str:
-        """Channel on which callers announce new jobs, so idle workers need not poll."""
-        return f"{self.prefix}:wake"
+    def wakeups(self) -> str:
+        """List of wake-up tokens, one per new job: each wakes one idle worker (``BLPOP``)."""
+        return f"{self.prefix}:wakeups"
+
+    @property
+    def wake_relay(self) -> str:
+        """Lease of the one worker that turns the queue's keyspace notifications into wake-ups."""
+        return f"{self.prefix}:wake-relay"
 
     def reply(self, request_id: str) -> str:
         return f"{self.prefix}:reply:{request_id}"

@@ -77,14 +77,16 @@ async def get_json(client: aioredis.Redis, key: str) -> dict[str, Any] | None:
     return value
 
 
-async def wait_for_key(client: aioredis.Redis, key: str, timeout_s: float) -> bytes | None:
-    """The key's value as soon as it exists (polled every 50 ms), or None after ``timeout_s``."""
+async def wait_for_key(
+    client: aioredis.Redis, key: str, timeout_s: float, poll_s: float = 0.05
+) -> bytes | None:
+    """The key's value as soon as it exists (polled every ``poll_s``), or None after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         raw = cast(bytes | None, await client.get(key))
         if raw is not None or time.monotonic() >= deadline:
             return raw
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll_s)
 
 
 def provider_calls(provider: FakeProviderProcess) -> int:

@@ -89,8 +89,8 @@ async def test_refused_final_publish_keeps_the_written_reply(
     with private_redis() as server:
         password = new_id()
         pool = Pool(tmp_path, provider, redis_url=acl_worker_url(server, password))
-        # Keys: all. Channels: only the wake-up channel the workers listen on.
-        set_worker_acl(server, password, "~*", f"&{pool.keys.wake}", "+@all")
+        # Keys: all. Channels: none (the workers subscribe to none; wake-ups are a list).
+        set_worker_acl(server, password, "~*", "resetchannels", "+@all")
         client = aioredis.Redis.from_url(server.url)
         arq = await plain_arq(server.url, pool.keys.queue)
         request_id = new_id()

@@ -5,7 +5,8 @@
 -- ARGV[2]  lease_ms: lifetime of a claim (arq:in-progress:{id}); the worker renews it
 -- ARGV[3]  default_cap: jobs of one tenant running at once (0: no cap)
 -- ARGV[4]  caps: JSON object, tenant -> cap
--- ARGV[5]  newest: how many of the newest queue entries to look at for unseen jobs
+-- ARGV[5]  newest: how many of the newest queue entries to look at for unseen jobs, when one of the
+--          4 newest is unseen (otherwise nothing arrived since the last look: an empty claim is O(1))
 -- ARGV[6]  sweep_batch: queue entries the sweep looks at per run
 -- ARGV[7]  sweep_period_ms: at most one sweep per period, across all workers
 -- ARGV[8]  fair: prefix of the fair-share index (P:fair:)
@@ -83,11 +84,20 @@ local function index_if_new(id, score)
   fair_add(fair, id, score, tenant)
 end
 
--- 1. the newest entries, indexed oldest first so that tenants take turns in order of arrival
-local newest_entries = redis.call('ZREVRANGE', queue, 0, newest - 1, 'WITHSCORES')
-if #newest_entries == 0 then return {now} end
-for i = #newest_entries - 1, 1, -2 do
-  index_if_new(newest_entries[i], newest_entries[i + 1])
+-- 1. the newest entries, indexed oldest first so that tenants take turns in order of arrival. When
+-- the 4 newest are all indexed or claimed, nothing arrived since the last look (jobs that arrive
+-- out of order, behind those, are the sweep's).
+local head = redis.call('ZREVRANGE', queue, 0, 3)
+if #head == 0 then return {now} end
+local unseen = false
+for _, id in ipairs(head) do
+  if redis.call('HEXISTS', jobs, id) == 0 and not in_progress(id) then unseen = true break end
+end
+if unseen then
+  local newest_entries = redis.call('ZREVRANGE', queue, 0, newest - 1, 'WITHSCORES')
+  for i = #newest_entries - 1, 1, -2 do
+    index_if_new(newest_entries[i], newest_entries[i + 1])
+  end
 end
 
 -- 2. the sweep: entries neither indexed nor claimed (back from a dead worker, or missed above)

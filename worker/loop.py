@@ -5,8 +5,8 @@ replaces how jobs are found and claimed, which in arq 0.28 has three problems fo
 pool, and runs each job with ``worker/runner.py`` in arq's key protocol (arq's ``run_job`` lets
 jobs that fail before their function runs go unanswered, and keeps their prompts in results):
 
-- arq polls every ``poll_delay``; here the worker blocks on ``P:wake``, which callers publish to
-  when they enqueue, and polls only as a fallback for jobs enqueued by plain arq;
+- arq polls every ``poll_delay``; here an idle worker blocks on ``P:wakeups``, one token per new
+  job, so each job wakes one worker (``worker/wakeups.py``), and polls only as a fallback;
 - arq claims a job with a lock that lasts ``job_timeout`` + 10 s, so a killed worker's jobs wait
   that long (310 s by default) to run again; here the lock is a lease of ``job_lease_s`` that the
   worker renews while the job runs, so a dead worker's jobs run again within about a lease;
@@ -34,7 +34,6 @@ from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis import Redis as SyncRedis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from llm_pool.keys import Keys
@@ -44,6 +43,7 @@ from llm_pool.tasks import cancel_and_wait
 from worker.claim import Claimer
 from worker.runner import JobRunner
 from worker.state import WorkerState
+from worker.wakeups import Wakeups
 
 log = get_logger("worker.loop")
 
@@ -142,9 +142,10 @@ class PoolWorker(Worker):
         # arq's own claims (a plain arq worker) and retries use this as the lock's lifetime too.
         self.in_progress_timeout_s = job_lease_s
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set while the worker has a free slot and is not draining
+        self._room.set()
         self._lag = LagMonitor()
-        self._pubsub: PubSub | None = None
-        self._background: list[asyncio.Task[None]] = []
+        self._wakeups: Wakeups | None = None
         self._draining = False
         self._redis_outage = OutageLog(log, "redis_unavailable", "redis_available_again")
         self._claimer: Claimer | None = None
@@ -156,6 +157,7 @@ class PoolWorker(Worker):
         """SIGTERM/SIGINT: take no new jobs, let running ones finish within the grace period;
         arq then cancels what is left, and a cancelled job goes back to the queue."""
         self._draining = True
+        self._room.clear()
         log.info("worker_draining", running=len(self.tasks), grace_s=self._grace_s)
         super().handle_sig_wait_for_completion(signum)
 
@@ -182,14 +184,23 @@ class PoolWorker(Worker):
             max_envelope_bytes=limits.max_payload_bytes,
         )
         self._runner = JobRunner(self.pool, self._keys, state, self.queue_name, limits.reply_ttl_s)
+        self._wakeups = Wakeups(
+            self.pool,
+            self._keys,
+            wake=self._wake,
+            room=self._room,
+            busy_delay_s=lambda: min(LOAD_BACKOFF_CAP_S, self.job_counter * LOAD_BACKOFF_PER_JOB_S),
+            worker_id=state.worker_id,
+            queue_notifications=limits.queue_notifications,
+        )
         self._lag.start()
-        loop = asyncio.get_running_loop()
-        self._background = [loop.create_task(self._read_wakeups(), name="wake")]
+        self._wakeups.start()
         self._leases.start()
         try:
+            woken = True
             while True:
                 self.allow_pick_jobs = not self._draining and self._lag.lag_s <= self._max_loop_lag_s
-                claimed = await self._iteration()
+                claimed = await self._iteration(woken)
                 if claimed >= self.queue_read_limit:
                     continue  # took a full batch: there may be more
                 # While saturated or failing, look again soon: nobody may wake us.
@@ -198,25 +209,24 @@ class PoolWorker(Worker):
                     wait_s = 1.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
+                woken = self._wake.is_set()
                 self._wake.clear()
-                if self.job_counter:
-                    # Every worker is woken for a new job and the first claim wins: a busier
-                    # worker waits a little longer, so the least loaded one usually gets it.
-                    await asyncio.sleep(min(LOAD_BACKOFF_CAP_S, self.job_counter * LOAD_BACKOFF_PER_JOB_S))
         finally:
-            for task in self._background:
-                await cancel_and_wait(task)
+            if self._wakeups is not None:
+                await self._wakeups.stop()
             await asyncio.to_thread(self._leases.stop)
-            if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             await self._lag.stop()
 
-    async def _iteration(self) -> int:
-        """Claim and start what fits, reap finished jobs, run arq's periodic chores."""
+    async def _iteration(self, woken: bool) -> int:
+        """Claim and start what fits, reap finished jobs, run arq's periodic chores.
+
+        ``woken``: by a wake-up or a finished job; else this is the fallback poll, which looks at
+        an empty queue with one EXISTS instead of the claim script."""
         claimed = 0
         try:
-            if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            if not woken and not self.job_counter and not await self.pool.exists(self.queue_name):
+                pass  # idle, and nothing queued
+            elif self.allow_pick_jobs and self.job_counter < self.max_jobs:
                 free = self.max_jobs - self.job_counter
                 claimed = await self._claim_and_start(min(self.queue_read_limit, free))
             elif not self._draining and time.monotonic() - self._last_look >= self.poll_delay_s:
@@ -254,27 +264,14 @@ class PoolWorker(Worker):
             task.add_done_callback(functools.partial(self._job_finished, job.job_id))
             self.tasks[job.job_id] = task
             self._leases.keep(job.job_id)
+        if self.job_counter >= self.max_jobs:
+            self._room.clear()
         return len(claimed.jobs)
 
     def _job_finished(self, job_id: str, _: asyncio.Task[Any]) -> None:
         self._leases.drop(job_id)
         self.job_counter -= 1
         self.sem.release()
+        if not self._draining:
+            self._room.set()
         self._wake.set()  # a slot is free: look at the queue again
-
-    async def _read_wakeups(self) -> None:
-        outage = OutageLog(log, "wake_channel_lost", "wake_channel_restored", level="warning")
-        while True:
-            try:
-                if self._pubsub is None:
-                    self._pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-                    await self._pubsub.subscribe(self._keys.wake)
-                message = await self._pubsub.get_message(timeout=30.0)
-            except (RedisError, OSError) as exc:
-                outage.failed(exc)
-                self._wake.set()  # fall back to polling until the channel is back
-                await asyncio.sleep(1.0)
-                continue
-            outage.succeeded()
-            if message is not None:
-                self._wake.set()
