@@ -252,13 +252,35 @@ class LLMPool:
         return request.channel or self.keys.stream(request_id)
 
     async def _enqueue(self, request_id: str, request: CompletionRequest, stream: bool) -> Reply | None:
-        """Enqueue (a no-op if the id is known); the reply if the request had already finished."""
-        existing = await self._enqueuer.enqueue(
-            "complete_stream" if stream else "complete",
-            request_id,
-            request.model_dump(mode="json", exclude_none=True),
-        )
-        return parse_reply(existing) if existing is not None else None
+        """Enqueue (a no-op if the id is known); the reply if the request had already finished.
+
+        With ``redis.min_replicas_ack`` > 0, returns only after ``WAIT`` on the enqueue's own
+        connection: fewer replicas than asked within ``redis.replica_ack_timeout_ms`` is one
+        warning, and the request stands (the primary has it)."""
+        function = "complete_stream" if stream else "complete"
+        argument = request.model_dump(mode="json", exclude_none=True)
+        wanted = self._settings.redis.min_replicas_ack
+        if wanted <= 0:
+            existing = await self._enqueuer.enqueue(function, request_id, argument)
+            return parse_reply(existing) if existing is not None else None
+        # WAIT counts the replicas that have this connection's writes: one connection for both.
+        async with self._redis.client() as connection:
+            existing = await Enqueuer(connection, self.keys).enqueue(function, request_id, argument)
+            if existing is not None:
+                return parse_reply(existing)
+            timeout_ms = self._settings.redis.replica_ack_timeout_ms
+            answer = await connection.execute_command("WAIT", wanted, timeout_ms)  # type: ignore[no-untyped-call]
+            acknowledged = int(answer)
+        if acknowledged < wanted:
+            log.warning(
+                "replica_ack_shortfall",
+                request_id=request_id,
+                acknowledged=acknowledged,
+                wanted=wanted,
+                timeout_ms=timeout_ms,
+                detail="enqueued on the primary; a failover now could lose it",
+            )
+        return None
 
     async def submit(
         self,

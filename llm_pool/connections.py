@@ -5,21 +5,36 @@ The worker (asyncio for jobs, synchronous for its outbox, lease and metrics thre
 every one of them. TLS comes from ``redis.ssl_*`` settings, or from the same names as query
 parameters of a ``rediss://`` URL (``?ssl_ca_certs=/path/ca.crt``); arq's ``RedisSettings.from_dsn``
 alone would drop those, and the worker could not connect where ``LLMPool`` could.
+
+With ``redis.sentinels`` set, every client is a Sentinel-managed one (redis-py's
+``Sentinel(...).master_for(redis.sentinel_master)``): each new connection asks the Sentinels for the
+current primary, so after a failover the next connection (a reconnect of the pub-sub connections
+included) goes to the new primary; a connection still on a demoted primary gets ``READONLY`` on its
+first write, which redis-py turns into a disconnect and a ``ConnectionError``, and the connection
+after it re-discovers the primary. The URL then gives only the db, username, password and TLS; the
+Sentinels are reached with the same TLS options and the password named by
+``redis.sentinel_password_env``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import os
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
-from arq.connections import RedisSettings
+import redis.asyncio.sentinel as async_sentinel
+import redis.sentinel as sync_sentinel
+from arq.connections import ArqRedis, RedisSettings
+from redis.connection import parse_url
 
-from llm_pool.settings import RedisSection
+from llm_pool.settings import RedisSection, SettingsError
 
 _TLS_FIELDS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+# Timeouts of the queries to the Sentinels (a Sentinel that does not answer is skipped for the next).
+SENTINEL_TIMEOUT_S = 2.0
 
 
 def tls_options(section: RedisSection) -> dict[str, Any]:
@@ -45,7 +60,12 @@ def _plain_url(url: str) -> str:
 
 
 def async_redis(section: RedisSection, **options: Any) -> aioredis.Redis:
-    """An asyncio client (``options``: e.g. ``socket_timeout``)."""
+    """An asyncio client (``options``: e.g. ``socket_timeout``); Sentinel-managed with ``sentinels``."""
+    if section.sentinels:
+        return cast(
+            aioredis.Redis,
+            _async_sentinel(section, options).master_for(section.sentinel_master, **options),
+        )
     client: aioredis.Redis = aioredis.Redis.from_url(
         _plain_url(section.url), **tls_options(section), **options
     )
@@ -54,11 +74,85 @@ def async_redis(section: RedisSection, **options: Any) -> aioredis.Redis:
 
 def sync_redis(section: RedisSection, **options: Any) -> redis.Redis:
     """A synchronous client, for the worker's threads and command-line tools."""
+    if section.sentinels:
+        sentinel = _sync_sentinel(section, options)
+        client = sentinel.master_for(section.sentinel_master, **options)  # type: ignore[no-untyped-call]
+        return cast(redis.Redis, client)
     return redis.Redis.from_url(_plain_url(section.url), **tls_options(section), **options)
 
 
 def arq_settings(section: RedisSection) -> RedisSettings:
-    """arq's connection settings: the URL's host, port, db and credentials, and the same TLS."""
+    """arq's connection settings: the URL's host, port, db and credentials, and the same TLS.
+
+    With ``sentinels``: arq's Sentinel mode (``host`` = the Sentinels). arq builds that connection
+    itself and passes it neither a Sentinel password nor the TLS file options, so the pool's own
+    worker uses ``arq_redis`` instead; these settings serve tools that take arq ``RedisSettings``.
+    """
     settings = RedisSettings.from_dsn(_plain_url(section.url))
+    if section.sentinels:
+        settings = dataclasses.replace(
+            settings,
+            host=section.sentinel_addresses(),
+            sentinel=True,
+            sentinel_master=section.sentinel_master,
+        )
     tls = tls_options(section)
     return dataclasses.replace(settings, **tls) if tls else settings
+
+
+def arq_redis(section: RedisSection, queue_name: str) -> ArqRedis | None:
+    """The worker's arq connection when it must not be arq's own: with ``sentinels``, a
+    Sentinel-managed ``ArqRedis`` with the Sentinel password and TLS; otherwise None (arq's
+    ``create_pool`` with ``arq_settings``). The worker sets its own (de)serializers."""
+    if not section.sentinels:
+        return None
+    client = _async_sentinel(section, {}).master_for(section.sentinel_master, redis_class=ArqRedis)
+    pool = cast(ArqRedis, client)
+    pool.default_queue_name = queue_name
+    return pool
+
+
+def _connection_options(section: RedisSection) -> dict[str, Any]:
+    """What every connection to a primary takes: db, credentials and TLS (the URL's host is unused)."""
+    kwargs: dict[str, Any] = parse_url(_plain_url(section.url))  # type: ignore[no-untyped-call]
+    for name in ("host", "port", "path", "connection_class"):
+        kwargs.pop(name, None)
+    if section.url.startswith("rediss://"):
+        kwargs["ssl"] = True
+        kwargs.update(tls_options(section))
+    return kwargs
+
+
+def _sentinel_options(section: RedisSection, options: dict[str, Any]) -> dict[str, Any]:
+    """What every connection to a Sentinel takes: timeouts, TLS like the primary's, its password."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": options.get("socket_timeout") or SENTINEL_TIMEOUT_S,
+        "socket_connect_timeout": options.get("socket_connect_timeout") or SENTINEL_TIMEOUT_S,
+    }
+    if section.url.startswith("rediss://"):
+        kwargs["ssl"] = True
+        kwargs.update(tls_options(section))
+    if section.sentinel_password_env is not None:
+        password = os.environ.get(section.sentinel_password_env)
+        if not password:
+            raise SettingsError(
+                f"redis.sentinel_password_env names {section.sentinel_password_env}, which is not set"
+            )
+        kwargs["password"] = password
+    return kwargs
+
+
+def _async_sentinel(section: RedisSection, options: dict[str, Any]) -> async_sentinel.Sentinel:
+    return async_sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        section.sentinel_addresses(),
+        sentinel_kwargs=_sentinel_options(section, options),
+        **_connection_options(section),
+    )
+
+
+def _sync_sentinel(section: RedisSection, options: dict[str, Any]) -> sync_sentinel.Sentinel:
+    return sync_sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        section.sentinel_addresses(),
+        sentinel_kwargs=_sentinel_options(section, options),
+        **_connection_options(section),
+    )

@@ -7,6 +7,7 @@ bad request, ``TimeoutError`` for no reply in time, ``ConnectionError`` for an u
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import NoPermissionError
 
 
@@ -48,8 +49,13 @@ def refusal_reason(exc: Exception) -> str:
 
 
 def redis_address(redis: Redis) -> str:
-    """``host:port/db`` or ``unix://path`` of a client, without credentials."""
-    options = redis.connection_pool.connection_kwargs
+    """``host:port/db``, ``unix://path``, or the master name and Sentinels; never the password."""
+    pool = redis.connection_pool
+    options = pool.connection_kwargs
+    if isinstance(pool, SentinelConnectionPool):
+        addresses = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+        sentinels = ",".join(f"{a.get('host')}:{a.get('port')}" for a in addresses)
+        return f"primary {pool.service_name!r} of Sentinels {sentinels}, db {options.get('db', 0)}"
     if "path" in options:
         return f"unix://{options['path']}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"

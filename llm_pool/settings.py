@@ -41,6 +41,19 @@ class RedisSection(_Section):
     ssl_keyfile: str | None = None
     ssl_cert_reqs: Literal["required", "optional", "none"] | None = None
     ssl_check_hostname: bool | None = None
+    # Redis Sentinel (llm_pool/connections.py): "host:port" of each Sentinel; when set, every
+    # connection asks them for the primary of ``sentinel_master`` and follows a failover. ``url``
+    # then gives only the db, username, password and TLS (its host and port are not used).
+    sentinels: list[str] = Field(default_factory=list)
+    sentinel_master: str = Field(default="llm-pool", min_length=1)
+    # The environment variable holding the Sentinels' own password (``requirepass`` of the
+    # Sentinels), if they need one; the primary's password comes from ``url``.
+    sentinel_password_env: str | None = Field(default=None, min_length=1)
+    # Durability against a failover: when > 0, ``LLMPool``'s enqueue and the worker's final write
+    # return only after ``WAIT min_replicas_ack replica_ack_timeout_ms``; fewer acknowledgements
+    # are logged (and counted by the worker), not an error.
+    min_replicas_ack: int = Field(default=0, ge=0)
+    replica_ack_timeout_ms: int = Field(default=1000, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -48,6 +61,32 @@ class RedisSection(_Section):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_port_pairs(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            sentinel_address(entry)
+        return value
+
+    @model_validator(mode="after")
+    def _sentinels_over_tcp(self) -> RedisSection:
+        if self.sentinels and self.url.startswith("unix://"):
+            raise ValueError("with sentinels, url must be redis:// or rediss:// (for db and credentials)")
+        return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``sentinels`` as (host, port) pairs."""
+        return [sentinel_address(entry) for entry in self.sentinels]
+
+
+def sentinel_address(entry: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) as a pair; ValueError naming the entry if it is not one."""
+    host, _, port = entry.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port")
+    return host, int(port)
 
 
 class WorkerSection(_Section):
@@ -71,6 +110,9 @@ class WorkerSection(_Section):
     max_clock_skew_s: float = Field(default=2.0, ge=0)
     # Glob patterns a request's ``channel`` must match ({prefix} is redis.key_prefix).
     allowed_channels: list[str] = Field(default_factory=lambda: ["{prefix}:stream:*"], min_length=1)
+    # Jobs enqueued by plain arq wake a worker through the queue's keyspace notifications: "use" them
+    # when the server has them on, "enable" them (CONFIG SET), or "off" (poll only).
+    queue_notifications: Literal["off", "use", "enable"] = "use"
     resume_partial_streams: bool = True
     max_stream_resumes: int = Field(default=1, ge=0)
     worker_id: str = ""

@@ -55,6 +55,7 @@ class Pool:
         router: dict[str, Any] | None = None,
         extra: str = "",
         deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
+        redis_options: dict[str, Any] | None = None,
     ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.keys = Keys(self.prefix)
@@ -71,6 +72,7 @@ class Pool:
                 router=router,
                 deployments=deployments,
                 extra=extra,
+                redis_options=redis_options,
             )
         )
         self.env = worker_env(self.settings_path, SECRETS)

@@ -29,10 +29,15 @@ def make_hooks(settings: Settings) -> tuple[Any, Any]:
         keys = Keys(settings.redis.key_prefix)
         worker_id = settings.worker.worker_id or default_worker_id()
         router = PoolRouter(settings)
-        outbox = Outbox(sync_redis(settings.redis))
-        cancels = CancelWatcher(redis, keys.cancel)
         counters = JobCounters()
         metrics = Metrics(list(settings.groups), lambda: counters.running)
+        outbox = Outbox(
+            sync_redis(settings.redis),
+            min_replicas_ack=settings.redis.min_replicas_ack,
+            replica_ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
+            on_ack_shortfall=lambda _acknowledged: metrics.replica_ack_shortfalls.inc(),
+        )
+        cancels = CancelWatcher(redis, keys.cancel)
         if settings.metrics.port:
             metrics.serve(
                 settings.metrics.host,

@@ -96,6 +96,11 @@ class Metrics:
             ["group", "reason"],
             registry=r,
         )
+        self.replica_ack_shortfalls = Counter(
+            "llm_pool_replica_ack_shortfalls",
+            "Final writes confirmed by fewer replicas than redis.min_replicas_ack (WAIT), per WAIT.",
+            registry=r,
+        )
         running_gauge = Gauge("llm_pool_jobs_running", "Requests running on this worker.", registry=r)
         running_gauge.set_function(lambda: float(running()))
 

@@ -5,6 +5,12 @@ pipeline, so a worker publishing for many streams pays one round trip per batch 
 token, and no chunk can overtake another: they leave in the order they were queued. The final step
 of a request (reply key, ledger, final event) is queued behind that request's chunks and awaited,
 and runs as one Lua script so that the reply is written once and the ledger counted once.
+
+With ``redis.min_replicas_ack`` > 0, a batch holding final writes ends with ``WAIT n timeout`` on
+the same connection, and those writes are reported done only after it: a request lets go of its
+lease only once that many replicas have its reply, so a failover to one of them keeps it. A WAIT
+that confirms fewer is logged (``replica_ack_shortfall``) and counted, and the write still counts
+as done: the primary has it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -72,8 +79,23 @@ class Outbox:
     only needs the GIL, which Python hands over every few milliseconds.
     """
 
-    def __init__(self, redis: SyncRedis, max_batch: int = 1000, retry_delay_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        redis: SyncRedis,
+        max_batch: int = 1000,
+        retry_delay_s: float = 0.2,
+        *,
+        min_replicas_ack: int = 0,
+        replica_ack_timeout_ms: int = 1000,
+        on_ack_shortfall: Callable[[int], None] | None = None,
+    ) -> None:
+        """``min_replicas_ack``: replicas that must confirm a batch's final writes (``WAIT``) before
+        they are reported done, within ``replica_ack_timeout_ms``; ``on_ack_shortfall(acknowledged)``
+        is called (from the outbox's thread) when fewer do."""
         self._redis = redis
+        self._min_replicas_ack = min_replicas_ack
+        self._replica_ack_timeout_ms = replica_ack_timeout_ms
+        self._on_ack_shortfall = on_ack_shortfall
         self._max_batch = max_batch
         self._retry_delay_s = retry_delay_s
         self._items: deque[Publish | Final] = deque()
@@ -154,6 +176,7 @@ class Outbox:
 
     def _send(self, batch: list[Publish | Final]) -> None:
         while True:
+            confirm = self._min_replicas_ack > 0 and any(isinstance(item, Final) for item in batch)
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for item in batch:
@@ -161,6 +184,11 @@ class Outbox:
                         pipe.publish(item.channel, item.data)
                     else:
                         self._queue_final(pipe, item)
+                if confirm:
+                    # On the pipeline's connection: WAIT counts replicas that have its writes.
+                    pipe.execute_command(  # type: ignore[no-untyped-call]
+                        "WAIT", self._min_replicas_ack, self._replica_ack_timeout_ms
+                    )
                 results = pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as exc:
                 self._outage.failed(exc)
@@ -175,6 +203,8 @@ class Outbox:
                 time.sleep(self._retry_delay_s)
                 continue
             self._outage.succeeded()
+            if confirm:
+                self._check_acks(results.pop(), sum(isinstance(item, Final) for item in batch))
             refused: list[Publish | Final] = []
             for item, result in zip(batch, results, strict=True):
                 if isinstance(item, Final):
@@ -188,6 +218,20 @@ class Outbox:
                 return
             batch = refused
             time.sleep(self._retry_delay_s)
+
+    def _check_acks(self, answer: object, finals: int) -> None:
+        """WAIT's answer: fewer replicas than asked (or a refused WAIT) is logged and counted."""
+        wanted = self._min_replicas_ack
+        if isinstance(answer, int) and answer >= wanted:
+            return
+        acknowledged = answer if isinstance(answer, int) else 0
+        fields: dict[str, object] = {"acknowledged": acknowledged, "wanted": wanted}
+        fields.update(timeout_ms=self._replica_ack_timeout_ms, final_writes=finals)
+        if isinstance(answer, Exception):  # WAIT refused (an ACL without it, a replica)
+            fields["error"] = f"{type(answer).__name__}: {answer}"[:200]
+        log.warning("replica_ack_shortfall", **fields)
+        if self._on_ack_shortfall is not None:
+            self._on_ack_shortfall(acknowledged)
 
     def _queue_final(self, pipe: SyncPipeline, final: Final) -> None:
         ledger = final.ledger

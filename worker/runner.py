@@ -69,9 +69,10 @@ class JobRunner:
         try:
             start = await self._start(job_id)
         except (RedisError, OSError) as exc:
-            # Nothing ran: give the claim back, so that it runs when Redis takes writes again.
+            # Nothing ran: give the claim back, so that it runs when Redis takes writes again (after
+            # a failover, on the new primary; else the claim would hold it for up to a lease).
             log.warning("job_start_failed", request_id=job_id, error=type(exc).__name__)
-            await self._release(job_id)
+            await self._release(job_id, retry_s=(0.2, 0.5, 1, 2, 5))
             return
         if start.reply is not None:
             # An earlier run wrote the reply and stopped before recording the job's end: the
@@ -176,6 +177,10 @@ class JobRunner:
                     keep = None
         # Still queued: the next run finds the reply key and ends at once, publishing nothing.
 
-    async def _release(self, job_id: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.delete(in_progress_key_prefix + job_id)
+    async def _release(self, job_id: str, retry_s: tuple[float, ...] = ()) -> None:
+        """Delete the claim; while Redis is away, again after each of ``retry_s``."""
+        for delay_s in (0, *retry_s):
+            await asyncio.sleep(delay_s)
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(in_progress_key_prefix + job_id)
+                return

@@ -11,7 +11,7 @@ from typing import Any
 
 from arq.worker import get_kwargs
 
-from llm_pool.connections import arq_settings, sync_redis
+from llm_pool.connections import arq_redis, arq_settings, sync_redis
 from llm_pool.keys import Keys
 from llm_pool.serialization import job_decoder, json_dumps
 from llm_pool.settings import Settings, load_settings
@@ -50,6 +50,13 @@ def worker_settings(settings: Settings) -> type:
 def create_pool_worker(settings: Settings) -> PoolWorker:
     """The worker ``python -m worker`` runs: arq's, woken by ``P:wake`` and load-aware."""
     arq_kwargs: dict[str, Any] = dict(get_kwargs(worker_settings(settings)))
+    # With Sentinel, the connection comes from llm_pool.connections (arq's own would carry neither
+    # the Sentinels' password nor the TLS options).
+    redis_pool = arq_redis(settings.redis, settings.queue_name)
+    if redis_pool is not None:
+        redis_pool.job_serializer = arq_kwargs["job_serializer"]
+        redis_pool.job_deserializer = arq_kwargs["job_deserializer"]
+        arq_kwargs["redis_pool"] = redis_pool
     return PoolWorker(
         **arq_kwargs,
         keys=Keys(settings.redis.key_prefix),

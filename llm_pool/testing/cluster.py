@@ -136,8 +136,10 @@ def settings_toml(
     router: dict[str, Any] | None = None,
     deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
     extra: str = "",
+    redis_options: dict[str, Any] | None = None,
 ) -> str:
-    """A settings file for a pool whose every deployment is the fake provider."""
+    """A settings file for a pool whose every deployment is the fake provider (``redis_options``:
+    more ``[redis]`` keys, e.g. ``sentinels``)."""
     worker_section = {
         "poll_delay_s": 0.05,
         "heartbeat_interval_s": 1,
@@ -152,7 +154,7 @@ def settings_toml(
         return "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
 
     lines = [
-        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{key_prefix}"',
+        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{key_prefix}"\n{table(redis_options or {})}'.rstrip(),
         f"[worker]\n{table(worker_section)}",
         f'[router]\n{table(router_section)}\nfallbacks = {{ quality = ["fast"], fast = ["quality"] }}',
     ]
@@ -268,16 +270,7 @@ class RedisServer:
         for option, value in self._config.items():
             argv += [f"--{option}", *value.split()]
         subprocess.run(argv, check=True)
-        client = self.client()
-        try:
-            for _ in range(200):
-                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
-                    if client.ping():
-                        return
-                time.sleep(0.05)
-        finally:
-            client.close()
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        wait_until_answers(self.client(), f"redis-server did not answer on port {self.port}")
 
     def client(self) -> redis.Redis:
         """A redis-py client of this server (TLS verified with its CA)."""
@@ -300,13 +293,112 @@ class RedisServer:
 
     def _signal(self, signum: signal.Signals) -> None:
         """Send ``signum`` to the server and wait until it has exited (SIGKILL after 10 s)."""
+        signal_pidfile(self._pidfile, signum)
+
+
+class SentinelServer:
+    """``redis-server --sentinel`` of our own, watching one primary (daemonized, like ``RedisServer``).
+
+    Its configuration file is written into ``directory``: a Sentinel rewrites it as it learns about
+    replicas, other Sentinels and failovers.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        master_name: str,
+        master_port: int,
+        port: int | None = None,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 10000,
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/ensure-redis.sh installs it)")
+        self._binary = binary
+        self.port = port if port is not None else free_port()
+        self.master_name = master_name
+        self._dir = directory
+        self._conf = directory / f"sentinel-{self.port}.conf"
+        self._pidfile = directory / f"sentinel-{self.port}.pid"
+        self.log_path = directory / f"sentinel-{self.port}.log"
+        self._monitor = (
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+            f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndaemonize yes\npidfile {self._pidfile}\n"
+            f"logfile {self.log_path}\ndir {self._dir}\n" + self._monitor
+        )
+        subprocess.run([self._binary, str(self._conf), "--sentinel"], check=True)
+        wait_until_answers(self.client(), f"sentinel did not answer on port {self.port}; see {self.log_path}")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def master(self) -> dict[str, Any]:
+        """``SENTINEL MASTER name``: the primary as this Sentinel sees it (``ip``, ``port``,
+        ``num-slaves``, ``num-other-sentinels``, ``flags``, ...)."""
+        client = self.client()
         try:
-            pid = int(self._pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return  # never started, or already gone
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-            for _ in range(200):
-                os.kill(pid, 0)
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
+            state: dict[str, Any] = client.sentinel_master(self.master_name)  # type: ignore[no-untyped-call]
+            return state
+        finally:
+            client.close()
+
+    def master_port(self) -> int | None:
+        """The port of the primary this Sentinel reports now (None if it does not answer)."""
+        client = self.client()
+        try:
+            name = self.master_name
+            address = client.sentinel_get_master_addr_by_name(name)  # type: ignore[no-untyped-call]
+            return int(address[1]) if address else None
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGTERM to its PID, and wait until it has exited (SIGKILL after 10 s)."""
+        signal_pidfile(self._pidfile, signal.SIGTERM)
+
+
+def signal_pidfile(pidfile: Path, signum: signal.Signals) -> None:
+    """Send ``signum`` to the process named in ``pidfile`` and wait until it has exited (SIGKILL
+    after 10 s); nothing if it never started or is gone. Once it is gone the file goes too, so that
+    a later stop cannot signal another process that was given the same PID."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signum)
+        for _ in range(200):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+
+
+def wait_until_answers(client: redis.Redis, failure: str, timeout_s: float = 10.0) -> None:
+    """Block until ``client`` answers PING (a server starting, or loading its data); then close it."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise RuntimeError(failure)
