@@ -48,7 +48,7 @@ def worker_settings(settings: Settings) -> type:
 
 
 def create_pool_worker(settings: Settings) -> PoolWorker:
-    """The worker ``python -m worker`` runs: arq's, woken by ``P:wake`` and load-aware."""
+    """The worker ``python -m worker`` runs: arq's, woken by one token per job and load-aware."""
     arq_kwargs: dict[str, Any] = dict(get_kwargs(worker_settings(settings)))
     # With Sentinel, the connection comes from llm_pool.connections (arq's own would carry neither
     # the Sentinels' password nor the TLS options).
