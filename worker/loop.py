@@ -142,7 +142,9 @@ class PoolWorker(Worker):
         # arq's own claims (a plain arq worker) and retries use this as the lock's lifetime too.
         self.in_progress_timeout_s = job_lease_s
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()  # set while the worker has a free slot and is not draining
+        # Set while the worker would claim: a free slot, not draining, its event loop on time. Only
+        # then does it take wake-up tokens; a worker that could not claim leaves them to others.
+        self._room = asyncio.Event()
         self._room.set()
         self._lag = LagMonitor()
         self._wakeups: Wakeups | None = None
@@ -200,6 +202,7 @@ class PoolWorker(Worker):
             woken = True
             while True:
                 self.allow_pick_jobs = not self._draining and self._lag.lag_s <= self._max_loop_lag_s
+                self._update_room()
                 claimed = await self._iteration(woken)
                 if claimed >= self.queue_read_limit:
                     continue  # took a full batch: there may be more
@@ -264,14 +267,18 @@ class PoolWorker(Worker):
             task.add_done_callback(functools.partial(self._job_finished, job.job_id))
             self.tasks[job.job_id] = task
             self._leases.keep(job.job_id)
-        if self.job_counter >= self.max_jobs:
-            self._room.clear()
+        self._update_room()
         return len(claimed.jobs)
+
+    def _update_room(self) -> None:
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            self._room.set()
+        else:
+            self._room.clear()
 
     def _job_finished(self, job_id: str, _: asyncio.Task[Any]) -> None:
         self._leases.drop(job_id)
         self.job_counter -= 1
         self.sem.release()
-        if not self._draining:
-            self._room.set()
+        self._update_room()
         self._wake.set()  # a slot is free: look at the queue again
