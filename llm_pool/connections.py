@@ -29,12 +29,20 @@ import redis.asyncio.sentinel as async_sentinel
 import redis.sentinel as sync_sentinel
 from arq.connections import ArqRedis, RedisSettings
 from redis.connection import parse_url
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from llm_pool.settings import RedisSection, SettingsError
 
 _TLS_FIELDS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 # Timeouts of the queries to the Sentinels (a Sentinel that does not answer is skipped for the next).
 SENTINEL_TIMEOUT_S = 2.0
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether Redis refused a write because it is full (``maxmemory`` with ``noeviction``)."""
+    return isinstance(error, OutOfMemoryError) or (
+        isinstance(error, RedisError) and str(error).startswith("OOM")
+    )
 
 
 def tls_options(section: RedisSection) -> dict[str, Any]:

@@ -179,11 +179,9 @@ class Execution:
             self._log.error("request_failed_unexpectedly", error=type(exc).__name__, where=where)
             message = f"the worker failed while running the request: {type(exc).__name__}"
             reply = self._error_reply(ErrorCode.INTERNAL, message, request, hints)
-        channel = self._default_channel()
-        if request is not None and request.channel is not None and self._channel_allowed(request.channel):
-            channel = request.channel
-        elif request is None and hints.channel is not None and self._channel_allowed(hints.channel):
-            channel = hints.channel
+        # The request's own channel if it is allowed (a refused one gets its error event here).
+        wanted = request.channel if request is not None else hints.channel
+        channel = wanted if wanted is not None and self._channel_allowed(wanted) else self._default_channel()
         tenant = request.tenant_id if request else hints.tenant_id
         await self._finish(reply, channel, tenant)
         return reply.model_dump(mode="json")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from llm_pool.connections import out_of_memory
 from llm_pool.logging import OutageLog, get_logger
 from llm_pool.schemas import Heartbeat
 from llm_pool.tasks import cancel_and_wait
@@ -38,7 +39,7 @@ class HeartbeatTask:
         try:
             await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms)
         except ResponseError as exc:
-            if str(exc).startswith("OOM"):
+            if out_of_memory(exc):
                 await self._redis.pexpire(self._key, ttl_ms)
             raise
 

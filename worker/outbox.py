@@ -26,8 +26,9 @@ from importlib.resources import files
 
 from redis import Redis as SyncRedis
 from redis.client import Pipeline as SyncPipeline
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
+from llm_pool.connections import out_of_memory
 from llm_pool.logging import OutageLog, get_logger
 
 log = get_logger(__name__)
@@ -208,7 +209,7 @@ class Outbox:
             refused: list[Publish | Final] = []
             for item, result in zip(batch, results, strict=True):
                 if isinstance(item, Final):
-                    if isinstance(result, RedisError) and _out_of_memory(result) and not self._stopping:
+                    if isinstance(result, RedisError) and out_of_memory(result) and not self._stopping:
                         refused.append(item)
                         self._full.failed(result)
                     else:
@@ -250,8 +251,3 @@ class Outbox:
             "1" if tpm_key else "0",
         ]
         self._finalize(keys=keys, args=args, client=pipe)
-
-
-def _out_of_memory(error: RedisError) -> bool:
-    """Whether Redis refused a write because it is full (``maxmemory`` with ``noeviction``)."""
-    return isinstance(error, OutOfMemoryError) or str(error).startswith("OOM")

@@ -32,6 +32,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llm_pool.connections import out_of_memory
 from llm_pool.keys import Keys
 from llm_pool.logging import get_logger
 from llm_pool.serialization import UndecodableJob, decode_job
@@ -41,6 +42,8 @@ from worker.state import WorkerState
 log = get_logger("worker.runner")
 
 RETRY_KEY_TTL_S = 88_400  # arq's
+# While Redis is away (an outage, a failover): when to try a job's bookkeeping again, about 9 s in all.
+RETRY_DELAYS_S = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class JobRunner:
             # Nothing ran: give the claim back, so that it runs when Redis takes writes again (after
             # a failover, on the new primary; else the claim would hold it for up to a lease).
             log.warning("job_start_failed", request_id=job_id, error=type(exc).__name__)
-            await self._release(job_id, retry_s=(0.2, 0.5, 1, 2, 5))
+            await self._release(job_id, RETRY_DELAYS_S)
             return
         if start.reply is not None:
             # An earlier run wrote the reply and stopped before recording the job's end: the
@@ -154,7 +157,7 @@ class JobRunner:
             "id": job_id,
         }
         keep: bytes | None = json.dumps(result).encode()
-        for delay_s in (0, 0.2, 0.5, 1, 2, 5):
+        for delay_s in RETRY_DELAYS_S:
             await asyncio.sleep(delay_s)
             try:
                 async with self._redis.pipeline(transaction=True) as tr:
@@ -171,15 +174,15 @@ class JobRunner:
                 return
             except (RedisError, OSError) as exc:
                 log.warning("job_end_not_recorded", request_id=job_id, error=type(exc).__name__)
-                if isinstance(exc, RedisError) and str(exc).startswith(("OOM", "EXECABORT")):
+                if out_of_memory(exc) or str(exc).startswith("EXECABORT"):
                     # Redis is full: the reply key has the answer; arq's copy of it is dropped,
                     # and the deletes, which Redis allows when full, go through alone.
                     keep = None
         # Still queued: the next run finds the reply key and ends at once, publishing nothing.
 
-    async def _release(self, job_id: str, retry_s: tuple[float, ...] = ()) -> None:
-        """Delete the claim; while Redis is away, again after each of ``retry_s``."""
-        for delay_s in (0, *retry_s):
+    async def _release(self, job_id: str, delays_s: tuple[float, ...] = (0.0,)) -> None:
+        """Delete the claim; while Redis is away, again after each of ``delays_s``."""
+        for delay_s in delays_s:
             await asyncio.sleep(delay_s)
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.delete(in_progress_key_prefix + job_id)
