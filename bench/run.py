@@ -670,7 +670,7 @@ import json, time
 t0 = time.perf_counter()
 import llm_pool.litellm_setup
 t1 = time.perf_counter()
-import worker.settings
+import worker.loop
 t2 = time.perf_counter()
 print(json.dumps([t1 - t0, t2 - t1]))
 """

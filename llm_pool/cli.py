@@ -22,12 +22,10 @@ from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llm_pool.connections import async_redis
-from llm_pool.fairness import fair_prefix
 from llm_pool.health import check, live_workers
 from llm_pool.keys import Keys, utc_day
 from llm_pool.schemas import parse_reply
@@ -76,7 +74,7 @@ async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[An
     depth = await redis.zcard(keys.queue)
     head = await redis.zrange(keys.queue, 0, QUEUE_SAMPLE - 1, withscores=True)
     ids = [member.decode() for member, _ in head]
-    flags = await redis.mget([in_progress_key_prefix + i for i in ids]) if ids else []
+    flags = await redis.mget([keys.claim(i) for i in ids]) if ids else []
     running = sum(flag is not None for flag in flags)
     waiting = [score for (_, score), flag in zip(head, flags, strict=True) if flag is None]
     oldest_s = time.time() - waiting[0] / 1000 if waiting else 0.0
@@ -104,12 +102,11 @@ async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[An
 
 async def waiting_by_tenant(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
     """Waiting jobs per tenant from the fair-share index, in the order tenants will be served."""
-    prefix = fair_prefix(keys)
-    tenants = [t.decode() for t in await redis.zrange(prefix + "tenants", 0, -1)]
+    tenants = [t.decode() for t in await redis.zrange(keys.fair_tenants, 0, -1)]
     pipe = redis.pipeline(transaction=False)
     for tenant in tenants:
-        pipe.zcard(prefix + "q:" + tenant)
-        pipe.zrange(prefix + "q:" + tenant, 0, 0, withscores=True)
+        pipe.zcard(keys.fair_queue(tenant))
+        pipe.zrange(keys.fair_queue(tenant), 0, 0, withscores=True)
     answers = await pipe.execute() if tenants else []
     now = time.time()
     rows = []
@@ -160,21 +157,20 @@ async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> tup
         else:
             text = f"{request_id}: finished with {reply.error.code.value}: {reply.error.message}"
         return data, text
-    if await redis.exists(in_progress_key_prefix + request_id):
+    if await redis.exists(keys.claim(request_id)):
         return {"request_id": request_id, "state": "running"}, f"{request_id}: running"
     score = await redis.zscore(keys.queue, request_id)
     if score is not None:
         waited = time.time() - score / 1000
         data = {"request_id": request_id, "state": "queued", "waited_s": round(waited, 3)}
         text = f"{request_id}: queued for {waited:.1f}s"
-        prefix = fair_prefix(keys)
-        tenant = await cast(Awaitable[bytes | None], redis.hget(prefix + "jobs", request_id))
+        tenant = await cast(Awaitable[bytes | None], redis.hget(keys.fair_jobs, request_id))
         if tenant is not None:
             data["tenant_id"] = tenant.decode()
             data["ahead_of_it_for_its_tenant"] = await redis.zrank(
-                prefix + "q:" + tenant.decode(), request_id
+                keys.fair_queue(tenant.decode()), request_id
             )
-            data["tenants_waiting"] = await redis.zcard(prefix + "tenants")
+            data["tenants_waiting"] = await redis.zcard(keys.fair_tenants)
             text += (
                 f", {data['ahead_of_it_for_its_tenant']} job(s) of its tenant ahead of it, "
                 f"{data['tenants_waiting']} tenant(s) taking turns"

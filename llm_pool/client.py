@@ -198,7 +198,7 @@ class LLMPool:
             section = section.model_copy(update={"url": redis_url})
         self._redis: Redis = async_redis(section)
         self._address = redis_address(self._redis)
-        self._mux = Multiplexer(self._redis, f"{self.keys.prefix}:client:{uuid.uuid4().hex}")
+        self._mux = Multiplexer(self._redis, self.keys.client_channel(uuid.uuid4().hex))
         self._enqueuer = Enqueuer(self._redis, self.keys)
 
     async def __aenter__(self) -> LLMPool:

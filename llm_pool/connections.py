@@ -27,7 +27,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as async_sentinel
 import redis.sentinel as sync_sentinel
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import RedisSettings
 from redis.connection import parse_url
 from redis.exceptions import OutOfMemoryError, RedisError
 
@@ -93,8 +93,8 @@ def arq_settings(section: RedisSection) -> RedisSettings:
     """arq's connection settings: the URL's host, port, db and credentials, and the same TLS.
 
     With ``sentinels``: arq's Sentinel mode (``host`` = the Sentinels). arq builds that connection
-    itself and passes it neither a Sentinel password nor the TLS file options, so the pool's own
-    worker uses ``arq_redis`` instead; these settings serve tools that take arq ``RedisSettings``.
+    itself and passes it neither a Sentinel password nor the TLS file options; the pool's own
+    worker and client use ``async_redis``. These settings serve tools that take arq ``RedisSettings``.
     """
     settings = RedisSettings.from_dsn(_plain_url(section.url))
     if section.sentinels:
@@ -106,18 +106,6 @@ def arq_settings(section: RedisSection) -> RedisSettings:
         )
     tls = tls_options(section)
     return dataclasses.replace(settings, **tls) if tls else settings
-
-
-def arq_redis(section: RedisSection, queue_name: str) -> ArqRedis | None:
-    """The worker's arq connection when it must not be arq's own: with ``sentinels``, a
-    Sentinel-managed ``ArqRedis`` with the Sentinel password and TLS; otherwise None (arq's
-    ``create_pool`` with ``arq_settings``). The worker sets its own (de)serializers."""
-    if not section.sentinels:
-        return None
-    client = _async_sentinel(section, {}).master_for(section.sentinel_master, redis_class=ArqRedis)
-    pool = cast(ArqRedis, client)
-    pool.default_queue_name = queue_name
-    return pool
 
 
 def _connection_options(section: RedisSection) -> dict[str, Any]:

@@ -17,10 +17,9 @@ import time
 from importlib.resources import files
 from typing import Any
 
-from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio import Redis
 
-from llm_pool.fairness import FAIR_ADD_LUA, fair_prefix, index_tenant
+from llm_pool.fairness import FAIR_ADD_LUA, index_tenant
 from llm_pool.keys import Keys
 from llm_pool.serialization import json_dumps
 
@@ -41,22 +40,21 @@ class Enqueuer:
         """Enqueue ``function(argument)`` as job ``request_id``; the existing reply if it had one."""
         now_ms = int(time.time() * 1000)
         envelope = json_dumps({"t": None, "f": function, "a": [argument], "k": {}, "et": now_ms})
+        tenant = index_tenant(str(argument.get("tenant_id", "")))
+        keys = self._keys
         result = await self._script(
             keys=[
-                job_key_prefix + request_id,
-                result_key_prefix + request_id,
-                self._keys.queue,
-                self._keys.reply(request_id),
-                self._keys.due(request_id),
-                self._keys.wakeups,
+                keys.job(request_id),
+                keys.result(request_id),
+                keys.queue,
+                keys.reply(request_id),
+                keys.due(request_id),
+                keys.wakeups,
+                keys.fair_jobs,
+                keys.fair_queue(tenant),
+                keys.fair_tenants,
+                keys.fair_turn,
             ],
-            args=[
-                envelope,
-                request_id,
-                JOB_EXPIRES_MS,
-                index_tenant(str(argument.get("tenant_id", ""))),
-                fair_prefix(self._keys),
-                WAKEUPS_KEPT,
-            ],
+            args=[envelope, request_id, JOB_EXPIRES_MS, tenant, WAKEUPS_KEPT],
         )
         return result if isinstance(result, bytes) else None

@@ -20,8 +20,6 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 
-from llm_pool.keys import Keys
-
 # The tenant a job is indexed under when its envelope or tenant id cannot be read: such a job is
 # still claimed (in its own turn) and the worker answers it with invalid_request.
 UNREADABLE_TENANT = ""
@@ -37,9 +35,5 @@ def index_tenant(tenant_id: str) -> str:
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
-def fair_prefix(keys: Keys) -> str:
-    return f"{keys.prefix}:fair:"
-
-
-# fair_add(prefix, id, score, tenant): the one Lua function that indexes a waiting job.
+# fair_add(index, id, score, tenant): the one Lua function that indexes a waiting job.
 FAIR_ADD_LUA = (files("llm_pool") / "fair_add.lua").read_text(encoding="utf-8")

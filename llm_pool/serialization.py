@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,19 +50,6 @@ def json_loads(data: bytes | str) -> Any:
 
 def _invalid(reason: str) -> dict[str, Any]:
     return {"f": "complete", "a": [UndecodableJob(reason)], "k": {}, "t": None, "et": int(time.time() * 1000)}
-
-
-def job_decoder(max_bytes: int) -> Callable[[bytes], dict[str, Any]]:
-    """``decode_job`` that also refuses envelopes larger than ``max_bytes``."""
-
-    def decode(data: bytes) -> dict[str, Any]:
-        if len(data) > max_bytes:
-            return _invalid(
-                f"the job is {len(data)} bytes; the limit is {max_bytes} (worker.max_payload_bytes)"
-            )
-        return decode_job(data)
-
-    return decode
 
 
 def json_problem(value: Any, check_surrogates: bool = True) -> str | None:

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.enqueue import Enqueuer
-from llm_pool.fairness import fair_prefix, index_tenant
+from llm_pool.fairness import index_tenant
 from llm_pool.keys import Keys
 from llm_pool.settings import TenantLimits, TenantsSection
 from worker.claim import Claimer
@@ -139,7 +139,7 @@ async def test_plain_arq_jobs_behind_indexed_ones_are_indexed_without_the_sweep(
     request = {"model": "fast", "messages": [], "tenant_id": B}
     await Enqueuer(aredis, queue.keys).enqueue("complete", newer, request)  # indexed at once
     queue.ids.append(newer)
-    await aredis.set(fair_prefix(queue.keys) + "sweep", "1", px=60_000)  # no sweep for a minute
+    await aredis.set(queue.keys.fair_sweep, "1", px=60_000)  # no sweep for a minute
     assert sorted(await queue.claim(5)) == sorted([plain, newer])
 
 
@@ -148,9 +148,8 @@ async def test_stale_index_entries_are_dropped(queue: Queue) -> None:
     await queue.claim(0)  # indexes both
     await queue.redis.zrem(queue.keys.queue, gone)  # e.g. aborted, or run by a plain arq worker
     assert await queue.claim(5) == [kept]
-    prefix = fair_prefix(queue.keys)
-    assert await cast(Awaitable[int], queue.redis.hlen(prefix + "jobs")) == 0
-    assert await queue.redis.zcard(prefix + "tenants") == 0
+    assert await cast(Awaitable[int], queue.redis.hlen(queue.keys.fair_jobs)) == 0
+    assert await queue.redis.zcard(queue.keys.fair_tenants) == 0
 
 
 async def test_deferred_jobs_wait_for_their_time(queue: Queue) -> None:
@@ -172,7 +171,7 @@ async def test_the_pools_own_enqueue_indexes_at_once(aredis: aioredis.Redis, key
     request = {"model": "fast", "messages": [], "tenant_id": A.upper()}
     try:
         assert await enqueuer.enqueue("complete", job_id, request) is None
-        indexed_under = await cast(Awaitable[bytes | None], aredis.hget(fair_prefix(keys) + "jobs", job_id))
+        indexed_under = await cast(Awaitable[bytes | None], aredis.hget(keys.fair_jobs, job_id))
         assert indexed_under == A.encode()
     finally:
         await aredis.delete(f"arq:job:{job_id}")

@@ -24,14 +24,14 @@ from typing import Any, cast
 import pytest
 import redis
 import redis.asyncio as aioredis
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import RedisSettings, create_pool
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
 from structlog.testing import capture_logs
 
 from llm_pool.client import LLMPool
-from llm_pool.connections import arq_redis, arq_settings, async_redis, sync_redis
+from llm_pool.connections import arq_settings, async_redis, sync_redis
 from llm_pool.errors import PoolUnavailable, redis_address
 from llm_pool.settings import RedisSection, SettingsError, load_settings
 from llm_pool.testing.cluster import (
@@ -113,11 +113,6 @@ def test_sentinel_settings_build_sentinel_managed_clients(
     assert sync_redis(section, socket_timeout=5).connection_pool.connection_kwargs["socket_timeout"] == 5
     address = redis_address(async_redis(section))
     assert "127.0.0.1:26379" in address and "main" in address and "pw" not in address
-
-    worker_pool = arq_redis(section, "q")
-    assert isinstance(worker_pool, ArqRedis) and isinstance(worker_pool.connection_pool, AsyncSentinelPool)
-    assert worker_pool.default_queue_name == "q"
-    assert arq_redis(RedisSection(), "q") is None
 
     tls = RedisSection(url="rediss://h:1/0?ssl_ca_certs=/ca.crt", sentinels=["127.0.0.1:26379"])
     pool = cast(SentinelConnectionPool, sync_redis(tls).connection_pool)

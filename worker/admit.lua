@@ -8,20 +8,21 @@
 -- ARGV[3]  daily budget in USD (0: none)
 -- Returns {} when admitted (and counted), else {limit name, current value}.
 
+local requests_key, tokens_key, ledger = KEYS[1], KEYS[2], KEYS[3]
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if budget > 0 then
-  local spent = tonumber(redis.call('HGET', KEYS[3], 'cost_usd') or '0')
+  local spent = tonumber(redis.call('HGET', ledger, 'cost_usd') or '0')
   if spent >= budget then return {'daily_budget_usd', tostring(spent)} end
 end
 if tpm > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local used = tonumber(redis.call('GET', tokens_key) or '0')
   if used >= tpm then return {'tpm', tostring(used)} end
 end
 if rpm > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], 120) end
+  local n = redis.call('INCR', requests_key)
+  if n == 1 then redis.call('EXPIRE', requests_key, 120) end
   if n > rpm then
-    redis.call('DECR', KEYS[1])
+    redis.call('DECR', requests_key)
     return {'rpm', tostring(n - 1)}
   end
 end

@@ -1,6 +1,11 @@
 -- Claim up to `want` waiting jobs, round-robin over tenants, in Redis's clock (worker/claim.py).
 --
 -- KEYS[1]  queue (P:queue)
+-- KEYS[2]  the fair-share index's jobs hash (P:fair:jobs)
+-- KEYS[3]  tenants with waiting jobs (P:fair:tenants)
+-- KEYS[4]  the turn counter (P:fair:turn)
+-- KEYS[5]  the sweep's lock (P:fair:sweep)
+-- KEYS[6]  the sweep's cursor (P:fair:sweep-at)
 -- ARGV[1]  want: how many jobs to claim
 -- ARGV[2]  lease_ms: lifetime of a claim (arq:in-progress:{id}); the worker renews it
 -- ARGV[3]  default_cap: jobs of one tenant running at once (0: no cap)
@@ -9,15 +14,22 @@
 --          4 newest is unseen (otherwise nothing arrived since the last look: an empty claim is O(1))
 -- ARGV[6]  sweep_batch: queue entries the sweep looks at per run
 -- ARGV[7]  sweep_period_ms: at most one sweep per period, across all workers
--- ARGV[8]  fair: prefix of the fair-share index (P:fair:)
--- ARGV[9]  max_tenants: tenants looked at per call
--- ARGV[10] skew_ms: how far ahead of Redis's clock a caller's enqueue time may be trusted
--- ARGV[11] max_envelope: envelopes longer than this (bytes) are never read here
--- ARGV[12] due_prefix: P:due: (when each job is due, Redis ms)
+-- ARGV[8]  max_tenants: tenants looked at per call
+-- ARGV[9]  skew_ms: how far ahead of Redis's clock a caller's enqueue time may be trusted
+-- ARGV[10] max_envelope: envelopes longer than this (bytes) are never read here
+-- ARGV[11] prefix of a job's envelope key (arq:job:)
+-- ARGV[12] prefix of a job's claim key (arq:in-progress:)
+-- ARGV[13] prefix of a job's due key (P:due:)
+-- ARGV[14] prefix of a tenant's waiting jobs (P:fair:q:)
+-- ARGV[15] prefix of a capped tenant's running jobs (P:fair:running:)
 -- Returns {now, id, due, id, due, ...}: Redis's time (ms) and the jobs claimed.
--- fair_add(prefix, id, score, tenant) is prepended from llm_pool/fairness.py.
+-- fair_add(index, id, score, tenant) is prepended from llm_pool/fairness.py.
+--
+-- Which job and tenant keys it touches depends on what it reads (the queue's entries, each job's
+-- tenant), so those cannot be listed in KEYS before the call: they are named here, in one place
+-- (job_key, claim_key, due_key, tenant_queue, tenant_running), from the prefixes in ARGV.
 
-local queue = KEYS[1]
+local queue, jobs, tenants, turn, sweep, sweep_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local want = tonumber(ARGV[1])
 local lease_ms = ARGV[2]
 local default_cap = tonumber(ARGV[3])
@@ -25,25 +37,32 @@ local caps = cjson.decode(ARGV[4])
 local newest = tonumber(ARGV[5])
 local sweep_batch = tonumber(ARGV[6])
 local sweep_period_ms = ARGV[7]
-local fair = ARGV[8]
-local max_tenants = tonumber(ARGV[9])
-local skew_ms = tonumber(ARGV[10])
-local max_envelope = tonumber(ARGV[11])
-local due_prefix = ARGV[12]
+local max_tenants = tonumber(ARGV[8])
+local skew_ms = tonumber(ARGV[9])
+local max_envelope = tonumber(ARGV[10])
+local job_prefix, claim_prefix, due_prefix = ARGV[11], ARGV[12], ARGV[13]
+local tenant_queue_prefix, tenant_running_prefix = ARGV[14], ARGV[15]
 
-local jobs = fair .. 'jobs'
-local tenants = fair .. 'tenants'
+local function job_key(id) return job_prefix .. id end
+local function claim_key(id) return claim_prefix .. id end
+local function due_key(id) return due_prefix .. id end
+local function tenant_queue(tenant) return tenant_queue_prefix .. tenant end
+local function tenant_running(tenant) return tenant_running_prefix .. tenant end
+local function index_of(tenant)
+  return {jobs = jobs, queue = tenant_queue(tenant), tenants = tenants, turn = turn}
+end
+
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local MAX_DEFER_MS = 366 * 86400000
 
 local function in_progress(id)
-  return redis.call('EXISTS', 'arq:in-progress:' .. id) == 1
+  return redis.call('EXISTS', claim_key(id)) == 1
 end
 
 -- The tenant (canonical UUID, '' if unreadable) and enqueue time (nil if unreadable) of a job.
 local function envelope_of(id)
-  local key = 'arq:job:' .. id
+  local key = job_key(id)
   local size = redis.call('STRLEN', key)
   if size == 0 or size > max_envelope then return '', nil end
   local ok, job = pcall(cjson.decode, redis.call('GET', key))
@@ -76,12 +95,12 @@ end
 local function index_if_new(id, score)
   if redis.call('HEXISTS', jobs, id) == 1 or in_progress(id) then return end
   local tenant, et = envelope_of(id)
-  if redis.call('EXISTS', due_prefix .. id) == 0 then
+  if redis.call('EXISTS', due_key(id)) == 0 then
     local due = due_of(score, et)
-    redis.call('SET', due_prefix .. id, string.format('%.0f', due), 'PX',
+    redis.call('SET', due_key(id), string.format('%.0f', due), 'PX',
       string.format('%.0f', math.max(due - now, 0) + 86400000))
   end
-  fair_add(fair, id, score, tenant)
+  fair_add(index_of(tenant), id, score, tenant)
 end
 
 -- 1. the newest entries, indexed oldest first so that tenants take turns in order of arrival. When
@@ -101,21 +120,21 @@ if unseen then
 end
 
 -- 2. the sweep: entries neither indexed nor claimed (back from a dead worker, or missed above)
-if redis.call('SET', fair .. 'sweep', '1', 'NX', 'PX', sweep_period_ms) then
-  local at = tonumber(redis.call('GET', fair .. 'sweep-at') or '0')
+if redis.call('SET', sweep, '1', 'NX', 'PX', sweep_period_ms) then
+  local at = tonumber(redis.call('GET', sweep_at) or '0')
   local entries = redis.call('ZRANGE', queue, at, at + sweep_batch - 1, 'WITHSCORES')
   for i = 1, #entries, 2 do
     index_if_new(entries[i], entries[i + 1])
   end
   if #entries < sweep_batch * 2 then at = 0 else at = at + sweep_batch end
-  redis.call('SET', fair .. 'sweep-at', at)
+  redis.call('SET', sweep_at, at)
 end
 
 -- 3. claims, round-robin over tenants
 local function room_of(tenant)
   local cap = caps[tenant] or default_cap
   if cap <= 0 then return math.huge end
-  local key = fair .. 'running:' .. tenant
+  local key = tenant_running(tenant)
   local running = 0
   for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
     if in_progress(id) then running = running + 1 else redis.call('ZREM', key, id) end
@@ -126,7 +145,7 @@ end
 -- The tenant's first job that is due, dropping index entries that are stale (the job left the
 -- queue, or someone else claimed it); nil when it has none due.
 local function next_ready(tenant)
-  local key = fair .. 'q:' .. tenant
+  local key = tenant_queue(tenant)
   while true do
     local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     if #head == 0 then
@@ -136,7 +155,7 @@ local function next_ready(tenant)
     end
     local id = head[1]
     if redis.call('ZSCORE', queue, id) and not in_progress(id) then
-      local due = tonumber(redis.call('GET', due_prefix .. id)) or now
+      local due = tonumber(redis.call('GET', due_key(id))) or now
       if due > now then return nil end
       return id, due
     end
@@ -157,14 +176,14 @@ while progress and #claimed < want * 2 + 1 do
     if room[tenant] > 0 then
       local id, due = next_ready(tenant)
       if id then
-        redis.call('SET', 'arq:in-progress:' .. id, '1', 'PX', lease_ms)
-        redis.call('ZREM', fair .. 'q:' .. tenant, id)
+        redis.call('SET', claim_key(id), '1', 'PX', lease_ms)
+        redis.call('ZREM', tenant_queue(tenant), id)
         redis.call('HDEL', jobs, id)
         if room[tenant] ~= math.huge then
-          redis.call('ZADD', fair .. 'running:' .. tenant, now, id)
+          redis.call('ZADD', tenant_running(tenant), now, id)
         end
-        if redis.call('EXISTS', fair .. 'q:' .. tenant) == 1 then
-          redis.call('ZADD', tenants, redis.call('INCR', fair .. 'turn'), tenant)
+        if redis.call('EXISTS', tenant_queue(tenant)) == 1 then
+          redis.call('ZADD', tenants, redis.call('INCR', turn), tenant)
         else
           redis.call('ZREM', tenants, tenant)
         end

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
-from llm_pool.fairness import FAIR_ADD_LUA, fair_prefix
+from llm_pool.fairness import FAIR_ADD_LUA
 from llm_pool.keys import MAX_REQUEST_ID_CHARS, Keys
 from llm_pool.logging import get_logger
 from llm_pool.settings import TenantsSection
@@ -82,6 +81,14 @@ class Claimer:
         self._script = redis.register_script(CLAIM_LUA)
         self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
         self._keys = keys
+        self._static_keys = [
+            keys.queue,
+            keys.fair_jobs,
+            keys.fair_tenants,
+            keys.fair_turn,
+            keys.fair_sweep,
+            keys.fair_sweep_at,
+        ]
         self._static_args: list[Any] = [
             lease_ms,
             tenants.default.max_concurrent,
@@ -89,15 +96,18 @@ class Claimer:
             index_newest,
             sweep_batch,
             sweep_period_ms,
-            fair_prefix(keys),
             max_tenants,
             max_clock_skew_ms,
             max_envelope_bytes,
+            keys.job_prefix,
+            keys.claim_prefix,
             keys.due_prefix,
+            keys.fair_queue_prefix,
+            keys.fair_running_prefix,
         ]
 
     async def claim(self, count: int) -> Claimed:
-        flat = await self._script(keys=[self._keys.queue], args=[count, *self._static_args])
+        flat = await self._script(keys=self._static_keys, args=[count, *self._static_args])
         jobs = []
         for raw_id, due in zip(flat[1::2], flat[2::2], strict=True):
             job_id = await self._usable_id(raw_id)
@@ -115,9 +125,15 @@ class Claimer:
             if 0 < len(job_id) <= MAX_REQUEST_ID_CHARS:
                 return job_id
             reason = "id_length"
+        # The entry is not text, so its keys are named from the prefixes, as bytes.
+        per_entry = (
+            self._keys.job_prefix,
+            self._keys.claim_prefix,
+            self._keys.retry_prefix,
+            self._keys.due_prefix,
+        )
         keys: list[str | bytes] = [self._keys.queue, self._keys.dead_letter]
-        keys += [prefix.encode() + raw_id for prefix in (job_key_prefix, in_progress_key_prefix)]
-        keys += [retry_key_prefix.encode() + raw_id, self._keys.due_prefix.encode() + raw_id]
+        keys += [prefix.encode() + raw_id for prefix in per_entry]
         await self._dead_letter(keys=keys, args=[raw_id, DEAD_LETTER_KEEP])
         # The entry itself is not logged: it may be anything, of any size.
         log.warning("job_dead_lettered", reason=reason, id_bytes=len(raw_id))

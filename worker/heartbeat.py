@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Callable
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -17,6 +20,29 @@ from llm_pool.tasks import cancel_and_wait
 log = get_logger(__name__)
 
 RETRY_S = 0.25
+# How long a worker watches another process's heartbeat under its own id, in heartbeat intervals:
+# a live worker rewrites it every interval (a saturated one up to about a second late).
+LIVENESS_WATCH_INTERVALS = 1.5
+
+
+class WorkerIdInUse(Exception):
+    """Another live worker already has this ``worker.worker_id``."""
+
+
+def _process_gone(beat: Heartbeat) -> bool:
+    """Whether the heartbeat was written by a process of this machine that no longer runs (or by an
+    earlier incarnation of this one: the same pid in a restarted container)."""
+    if beat.host != socket.gethostname():
+        return False
+    if beat.pid == os.getpid():
+        return True
+    try:
+        os.kill(beat.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class HeartbeatTask:
@@ -42,6 +68,44 @@ class HeartbeatTask:
             if out_of_memory(exc):
                 await self._redis.pexpire(self._key, ttl_ms)
             raise
+
+    async def take_identity(self) -> None:
+        """The first beat: write the key only if no other live worker holds it.
+
+        The key is written with ``NX``. If it is there already, it is stale when its process is
+        gone (same host, pid not running) or when it is not rewritten within
+        ``LIVENESS_WATCH_INTERVALS`` heartbeat intervals (a crashed worker's key, until its TTL
+        ends); then this worker takes it over. Otherwise raises ``WorkerIdInUse``."""
+        ttl_ms = int(self._interval_s * 3 * 1000)
+        if await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms, nx=True):
+            return
+        seen = await self._redis.get(self._key)
+        if seen is not None and not self._written_by_gone_process(seen):
+            await asyncio.sleep(self._interval_s * LIVENESS_WATCH_INTERVALS)
+            now = await self._redis.get(self._key)
+            if now is not None and now != seen:
+                holder = self._holder(now)
+                raise WorkerIdInUse(
+                    f"another live worker has this worker id ({holder}); "
+                    "give each worker its own worker.worker_id, or leave it empty"
+                )
+        log.info("worker_id_taken_over", detail="the previous holder stopped beating")
+        await self.beat()
+
+    @staticmethod
+    def _holder(raw: bytes) -> str:
+        try:
+            beat = Heartbeat.model_validate_json(raw)
+        except ValidationError:
+            return "unreadable heartbeat"
+        return f"host {beat.host}, pid {beat.pid}, started {beat.started_at}"
+
+    @staticmethod
+    def _written_by_gone_process(raw: bytes) -> bool:
+        try:
+            return _process_gone(Heartbeat.model_validate_json(raw))
+        except ValidationError:
+            return False
 
     async def _run(self) -> None:
         while True:

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -108,9 +107,9 @@ class JobRunner:
 
     async def _start(self, job_id: str) -> _Start:
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(retry_key_prefix + job_id)
-            pipe.expire(retry_key_prefix + job_id, RETRY_KEY_TTL_S)
-            pipe.strlen(job_key_prefix + job_id)
+            pipe.incr(self._keys.retry(job_id))
+            pipe.expire(self._keys.retry(job_id), RETRY_KEY_TTL_S)
+            pipe.strlen(self._keys.job(job_id))
             pipe.get(self._keys.reply(job_id))
             attempt, _, size, reply = await pipe.execute()
         return _Start(attempt=int(attempt), envelope_bytes=int(size), reply=reply)
@@ -128,7 +127,7 @@ class JobRunner:
                 "(worker.max_payload_bytes)"
             )
             return "complete", [UndecodableJob(reason)], {}
-        raw = await self._redis.get(job_key_prefix + job_id)
+        raw = await self._redis.get(self._keys.job(job_id))
         envelope = decode_job(raw or b"")
         return str(envelope["f"]), list(envelope["a"]), dict(envelope["k"])
 
@@ -162,11 +161,11 @@ class JobRunner:
             try:
                 async with self._redis.pipeline(transaction=True) as tr:
                     if keep is not None:
-                        tr.set(result_key_prefix + job_id, keep, px=self._keep_result_ms)
+                        tr.set(self._keys.result(job_id), keep, px=self._keep_result_ms)
                     tr.delete(
-                        job_key_prefix + job_id,
-                        retry_key_prefix + job_id,
-                        in_progress_key_prefix + job_id,
+                        self._keys.job(job_id),
+                        self._keys.retry(job_id),
+                        self._keys.claim(job_id),
                         self._keys.due(job_id),
                     )
                     tr.zrem(self._queue, job_id)
@@ -185,5 +184,5 @@ class JobRunner:
         for delay_s in delays_s:
             await asyncio.sleep(delay_s)
             with contextlib.suppress(RedisError, OSError):
-                await self._redis.delete(in_progress_key_prefix + job_id)
+                await self._redis.delete(self._keys.claim(job_id))
                 return
