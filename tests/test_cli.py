@@ -39,7 +39,8 @@ async def test_usage_request_cancel_and_queue(pool: Pool) -> None:
     assert "finished ok" in cli(pool, "request", reply.request_id).stdout
     unknown = uuid.uuid4().hex
     assert json.loads(cli(pool, "--json", "request", unknown).stdout)["state"] == "unknown"
-    assert cli(pool, "cancel", unknown).returncode == 0
+    assert cli(pool, "cancel", unknown).returncode == 1, "nothing to cancel"
+    assert cli(pool, "cancel", reply.request_id).returncode == 1, "already finished"
     queue = json.loads(cli(pool, "--json", "queue").stdout)
     assert queue["queue"] == pool.keys.queue and queue["depth"] >= 0
     assert cli(pool, "health").returncode == 0
