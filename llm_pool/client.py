@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
@@ -286,7 +286,7 @@ class LLMPool:
 
     async def stream(
         self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run one request as a stream (job ``complete_stream``) and yield its events as they arrive.
 
         Arguments as ``complete``. Yields ``ChunkEvent``s (``seq`` from 0), possibly ``ResetEvent``s

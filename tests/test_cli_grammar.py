@@ -180,3 +180,33 @@ def test_masked_url() -> None:
     assert masked_url("unix:///run/redis.sock?db=2&password=pw") == "unix:///run/redis.sock?db=2&password=***"
     tls = masked_url("rediss://u:pw@h:6380/0?ssl_ca_certs=/etc/ca.crt")
     assert tls == "rediss://u:***@h:6380/0?ssl_ca_certs=/etc/ca.crt"
+
+
+async def test_workers_reads_heartbeats_of_workers_from_before_the_split(idle: Pool) -> None:
+    old = {  # a heartbeat without jobs_pool_errors, jobs_caller_errors and errors_by_code
+        "worker_id": "old-1",
+        "host": "h",
+        "pid": 1,
+        "version": "0.0.9",
+        "started_at": datetime.now(UTC).isoformat(),
+        "ts": datetime.now(UTC).isoformat(),
+        "queue": idle.keys.queue,
+        "max_jobs": 4,
+        "jobs_running": 1,
+        "jobs_done": 7,
+        "jobs_failed": 5,
+        "groups": ["fast"],
+    }
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.set(idle.keys.heartbeat("old-1"), json.dumps(old), ex=60)
+        await client.set(idle.keys.heartbeat("garbage"), b"not a heartbeat", ex=60)
+    finally:
+        await client.aclose()
+    data = json.loads(cli(idle, "workers", "--json").stdout)
+    assert [w["worker_id"] for w in data] == ["old-1"] and data[0]["jobs_pool_errors"] is None
+    header, row = cli(idle, "workers").stdout.splitlines()[:2]
+    cells = row.split()  # worker host pid version running done failed caller-errors ...
+    assert "FAILED" in header and "CALLER ERRORS" in header, header
+    assert cells[4:8] == ["1/4", "7", "5", "?"], row
+    assert cli(idle, "health").returncode == 0
