@@ -1,9 +1,10 @@
 """llm-pool: a queue-driven pool of LLM workers over Redis (contract v1, docs/contract.md).
 
-Importing the package is cheap; the client does not import LiteLLM.
+Importing the package is cheap; the client does not import LiteLLM. The client's API (``LLMPool``,
+``RequestOptions``, the errors) is documented in docs/api.md.
 """
 
-from llm_pool.client import LLMPool
+from llm_pool.client import LLMPool, RequestOptions
 from llm_pool.errors import InvalidRequestError, PoolError, PoolUnavailable, ReplyTimeout, SubscribeRefused
 from llm_pool.keys import Keys
 from llm_pool.schemas import (
@@ -36,6 +37,7 @@ __all__ = [
     "PoolError",
     "PoolUnavailable",
     "ReplyTimeout",
+    "RequestOptions",
     "ResetEvent",
     "Settings",
     "SubscribeRefused",

@@ -1,14 +1,22 @@
 """``llm-pool``: the operators' command (``python -m llm_pool.cli`` works too).
 
-    llm-pool workers                 live workers (their heartbeats)
-    llm-pool queue                   queue depth, oldest job's age, queued jobs by tenant
-    llm-pool usage TENANT [--day D]  a tenant's ledger for one UTC day (default today)
-    llm-pool request ID              queued, running, or its reply
-    llm-pool cancel ID               ask the pool to stop a request
-    llm-pool health [--worker-id ID] exit 0 when healthy
-    llm-pool demo "a prompt"         an offline pool on this machine, answering one prompt
+    llm-pool workers                   live workers (their heartbeats)
+    llm-pool queue                     queue depth, oldest job's age, queued jobs by tenant
+    llm-pool usage TENANT [--day D]    a tenant's ledger for one UTC day (D: YYYY-MM-DD, default today)
+    llm-pool request ID                queued, running, or its reply
+    llm-pool cancel ID                 ask the pool to stop a queued or running request
+    llm-pool health [--worker-id ID]   the same as python -m llm_pool.health
+    llm-pool demo "a prompt"           an offline pool on this machine, answering one prompt
 
-Tables for people by default; ``--json`` for scripts.
+Tables for people by default; ``--json`` (before or after the command) for scripts.
+
+Exit codes:
+  0  done: the answer is printed (stdout)
+  1  not found or unhealthy: an unknown request id, a cancel of a request that is unknown or already
+     finished (nothing is written), no live worker for health (the text on stderr; --json on stdout)
+  2  usage error (bad option, a --day that is not YYYY-MM-DD, a TENANT that is not a UUID),
+     unreadable settings, or Redis unreachable or refusing: one line on stderr, naming the Redis URL
+     (password masked) and what to check
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -25,13 +35,47 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llm_pool import pool_state
 from llm_pool.connections import async_redis
-from llm_pool.health import check, live_workers
+from llm_pool.errors import redis_failure
+from llm_pool.health import (
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    add_arguments,
+    report,
+    section_address,
+    settings_or_exit_code,
+)
 from llm_pool.keys import Keys, utc_day
+from llm_pool.pool_state import live_workers
 from llm_pool.schemas import parse_reply
-from llm_pool.settings import Settings, SettingsError, load_settings
+from llm_pool.settings import Settings
 
+PROG = "llm-pool"
 QUEUE_SAMPLE = 1000
+DAY_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+# What a command returns: the data printed by --json, the text for people, the exit code.
+Outcome = tuple[Any, str, int]
+
+
+def day_argument(value: str) -> str:
+    """``--day``: a real UTC calendar day written ``YYYY-MM-DD``."""
+    try:
+        if DAY_FORMAT.fullmatch(value):
+            return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{value!r} is not a day written YYYY-MM-DD (e.g. {utc_day()})")
+
+
+def tenant_argument(value: str) -> str:
+    """TENANT: a UUID, in the canonical form the ledger's key uses."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a tenant id (a UUID)") from None
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -48,7 +92,7 @@ def _age(iso: str) -> str:
     return f"{seconds:.0f}s"
 
 
-async def cmd_workers(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[Any, str]:
+async def cmd_workers(redis: Redis, keys: Keys, _: argparse.Namespace) -> Outcome:
     workers = sorted(await live_workers(redis, keys), key=lambda w: w.worker_id)
     data = [w.model_dump() for w in workers]
     rows = [
@@ -59,18 +103,25 @@ async def cmd_workers(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[
             "version": w.version,
             "running": f"{w.jobs_running}/{w.max_jobs}",
             "done": w.jobs_done,
-            "failed": w.jobs_failed,
+            # A worker older than the split reports only the total of error replies.
+            "failed": w.jobs_failed if w.jobs_pool_errors is None else w.jobs_pool_errors,
+            "caller errors": "?" if w.jobs_caller_errors is None else w.jobs_caller_errors,
             "up": _age(w.started_at),
             "last beat": _age(w.ts) + " ago",
             "groups": ",".join(w.groups),
         }
         for w in workers
     ]
-    text = table(rows, list(rows[0])) if rows else f"no live workers on {keys.queue}"
-    return data, text
+    if not rows:
+        return data, f"no live workers on {keys.queue}", EXIT_OK
+    legend = (
+        "failed: providers_unavailable and internal replies; caller errors: invalid_request, "
+        "cancelled, timeout and over_budget replies (per code: --json, errors_by_code)"
+    )
+    return data, table(rows, list(rows[0])) + "\n" + legend, EXIT_OK
 
 
-async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[Any, str]:
+async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> Outcome:
     depth = await redis.zcard(keys.queue)
     head = await redis.zrange(keys.queue, 0, QUEUE_SAMPLE - 1, withscores=True)
     ids = [member.decode() for member, _ in head]
@@ -97,7 +148,7 @@ async def cmd_queue(redis: Redis, keys: Keys, _: argparse.Namespace) -> tuple[An
     )
     if by_tenant:
         text += "\n" + table(by_tenant, ["turn", "tenant", "waiting", "oldest_s"])
-    return data, text
+    return data, text, EXIT_OK
 
 
 async def waiting_by_tenant(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -121,7 +172,7 @@ async def waiting_by_tenant(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
     return rows
 
 
-async def cmd_usage(redis: Redis, keys: Keys, args: argparse.Namespace) -> tuple[Any, str]:
+async def cmd_usage(redis: Redis, keys: Keys, args: argparse.Namespace) -> Outcome:
     day = args.day or utc_day()
     raw = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(keys.usage(args.tenant, day)))
     fields = {k.decode(): v.decode() for k, v in raw.items()}
@@ -134,14 +185,14 @@ async def cmd_usage(redis: Redis, keys: Keys, args: argparse.Namespace) -> tuple
         "cost_usd": float(fields.get("cost_usd", 0.0)),
     }
     text = table([data], list(data))
-    return data, text
+    return data, text, EXIT_OK
 
 
-async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> tuple[Any, str]:
-    request_id = args.request_id
-    raw = await redis.get(keys.reply(request_id))
-    if raw is not None:
-        reply = parse_reply(raw)
+async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> Outcome:
+    found = await pool_state.look_up(redis, keys, args.request_id)
+    request_id = found.request_id
+    if found.reply is not None:
+        reply = parse_reply(found.reply)
         data: dict[str, Any] = {
             "request_id": request_id,
             "state": "finished",
@@ -156,12 +207,11 @@ async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> tup
             )
         else:
             text = f"{request_id}: finished with {reply.error.code.value}: {reply.error.message}"
-        return data, text
-    if await redis.exists(keys.claim(request_id)):
-        return {"request_id": request_id, "state": "running"}, f"{request_id}: running"
-    score = await redis.zscore(keys.queue, request_id)
-    if score is not None:
-        waited = time.time() - score / 1000
+        return data, text, EXIT_OK
+    if found.state == "running":
+        return {"request_id": request_id, "state": "running"}, f"{request_id}: running", EXIT_OK
+    if found.state == "queued" and found.queued_at_ms is not None:
+        waited = time.time() - found.queued_at_ms / 1000
         data = {"request_id": request_id, "state": "queued", "waited_s": round(waited, 3)}
         text = f"{request_id}: queued for {waited:.1f}s"
         tenant = await cast(Awaitable[bytes | None], redis.hget(keys.fair_jobs, request_id))
@@ -175,16 +225,31 @@ async def cmd_request(redis: Redis, keys: Keys, args: argparse.Namespace) -> tup
                 f", {data['ahead_of_it_for_its_tenant']} job(s) of its tenant ahead of it, "
                 f"{data['tenants_waiting']} tenant(s) taking turns"
             )
-        return data, text
-    return {
-        "request_id": request_id,
-        "state": "unknown",
-    }, f"{request_id}: unknown (never enqueued, or expired)"
+        return data, text, EXIT_OK
+    return (
+        {"request_id": request_id, "state": "unknown"},
+        f"{request_id}: unknown request (never enqueued on {keys.queue}, or its reply expired)",
+        EXIT_NOT_FOUND,
+    )
 
 
-async def cmd_cancel(redis: Redis, keys: Keys, args: argparse.Namespace) -> tuple[Any, str]:
-    await redis.set(keys.cancel(args.request_id), b"1", ex=600)
-    return {"request_id": args.request_id, "cancel_requested": True}, f"{args.request_id}: cancel requested"
+async def cmd_cancel(redis: Redis, keys: Keys, args: argparse.Namespace) -> Outcome:
+    found = await pool_state.cancel(redis, keys, args.request_id)
+    request_id = found.request_id
+    requested = found.state in ("queued", "running")
+    data = {"request_id": request_id, "state": found.state, "cancel_requested": requested}
+    if requested:
+        return data, f"{request_id}: cancel requested (it was {found.state})", EXIT_OK
+    if found.reply is not None:
+        reply = parse_reply(found.reply)
+        outcome = "ok" if reply.status == "ok" else reply.error.code.value
+        return data, f"{request_id}: already finished ({outcome}); nothing to cancel", EXIT_NOT_FOUND
+    return (
+        data,
+        f"{request_id}: unknown request (never enqueued on {keys.queue}, or its reply expired); "
+        "nothing to cancel",
+        EXIT_NOT_FOUND,
+    )
 
 
 COMMANDS = {
@@ -196,7 +261,7 @@ COMMANDS = {
 }
 
 
-async def _run(settings: Settings, args: argparse.Namespace) -> tuple[Any, str]:
+async def _run(settings: Settings, args: argparse.Namespace) -> Outcome:
     redis = async_redis(settings.redis, socket_connect_timeout=5, socket_timeout=10)
     try:
         return await COMMANDS[args.command](redis, Keys(settings.redis.key_prefix), args)
@@ -205,48 +270,61 @@ async def _run(settings: Settings, args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="llm-pool", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", action="store_true", help="machine-readable output (also after the command)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=summary, description=summary)
+        # SUPPRESS: absent after the command, the value given before it (or False) stands.
+        cmd.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        )
+        return cmd
+
+    command("workers", "live workers (their heartbeats)")
+    command("queue", "queue depth and waiting jobs by tenant")
+    usage = command("usage", "a tenant's ledger for one UTC day")
+    usage.add_argument("tenant", type=tenant_argument, help="the tenant id (a UUID)")
+    usage.add_argument("--day", type=day_argument, help="YYYY-MM-DD (UTC), default today")
+    command("request", "the state of one request (exit 1 if unknown)").add_argument("request_id")
+    command("cancel", "cancel a queued or running request (exit 1 if unknown or finished)").add_argument(
+        "request_id"
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("workers", help="live workers")
-    sub.add_parser("queue", help="queue depth and waiting jobs by tenant")
-    usage = sub.add_parser("usage", help="a tenant's ledger for one day")
-    usage.add_argument("tenant")
-    usage.add_argument("--day", help="YYYY-MM-DD (UTC), default today")
-    request = sub.add_parser("request", help="the state of one request")
-    request.add_argument("request_id")
-    cancel = sub.add_parser("cancel", help="cancel a request")
-    cancel.add_argument("request_id")
-    health = sub.add_parser("health", help="exit 0 when the pool (or one worker) is alive")
-    health.add_argument("--worker-id")
-    demo = sub.add_parser("demo", help="answer one prompt with an offline pool on this machine")
+    add_arguments(command("health", "exit 0 when the pool (or one worker) is alive, 1 when not"))
+    demo = command("demo", "answer one prompt with an offline pool on this machine (no --json)")
     demo.add_argument("prompt", nargs="?", default="Tell me about queues.")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)  # a usage error exits 2
     if args.command == "demo":
+        if args.json:
+            print(
+                f"{PROG} demo: --json is not supported: the demo prints tokens as they arrive",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
         from llm_pool.demo import run_demo
 
         return run_demo(args.prompt)
+    if args.command == "health":
+        return report(args.worker_id, as_json=args.json, quiet=args.quiet, prog=PROG)
+    settings = settings_or_exit_code(PROG)
+    if isinstance(settings, int):
+        return settings
     try:
-        settings = load_settings()
-        if args.command == "health":
-            healthy, why = asyncio.run(check(args.worker_id))
-            if args.json:
-                print(json.dumps({"healthy": healthy, "detail": why}))
-            else:
-                print(("healthy: " if healthy else "unhealthy: ") + why)
-            return 0 if healthy else 1
-        data, text = asyncio.run(_run(settings, args))
-    except (SettingsError, RedisError, OSError) as exc:
-        print(f"llm-pool: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(data, indent=2) if args.json else text)
-    return 0
+        data, text, code = asyncio.run(_run(settings, args))
+    except (RedisError, OSError) as exc:
+        print(f"{PROG}: {redis_failure(section_address(settings.redis), exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(text, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""``LLMPool``: the caller's side of contract v1 (the orchestrator's client).
+"""``LLMPool``: the caller's side of contract v1 (the orchestrator's client); docs/api.md documents it.
 
 It owns "every request is answered exactly once" as the caller sees it. Every wait blocks on Redis
 pub-sub, never on a sleep, and is bounded by the request's budget: the client subscribes to the
 request's channel (confirmed by Redis) before it enqueues, and ends on the request's own final
 event or on the reply key, which it reads whenever events may have been missed (after a
-re-subscription, while a stream has a gap, and when the budget runs out). ``StreamTracker`` decides
+re-subscription, while a stream has a gap, and when the budget runs out). ``_StreamTracker`` decides
 which events reach the caller, so a stream is never handed back truncated and marked ``done``.
 Failures are the typed errors of ``llm_pool.errors``.
 """
@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 from typing_extensions import Unpack
 
+from llm_pool import pool_state
 from llm_pool.connections import async_redis
 from llm_pool.enqueue import Enqueuer
 
@@ -50,21 +51,46 @@ from llm_pool.schemas import (
 from llm_pool.serialization import json_problem
 from llm_pool.settings import Settings, load_settings
 
+# The public API (docs/api.md); the rest of the module is internal.
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "WAIT_MARGIN_S",
+    "Event",
+    "InvalidRequestError",
+    "LLMPool",
+    "Reply",
+    "ReplyTimeout",
+    "RequestOptions",
+]
+
 Reply = OkReply | ErrorReply
 Event = ChunkEvent | DoneEvent | ErrorEvent | ResetEvent
 T = TypeVar("T")
 
 log = get_logger(__name__)
 
-# How long past the request's own deadline a caller waits for its final event.
+# How long past the request's own deadline (its timeout_s) a caller waits for its final event.
 WAIT_MARGIN_S = 10.0
+# The bound of the single-command calls, reply() and cancel().
+CALL_TIMEOUT_S = 10.0
 # While a stream has a gap, the reply key is read this often (and on every re-subscription).
 RECHECK_S = 1.0
-# A read of the reply key may take this long even when the budget has run out.
+# A read of the reply key may take this long even when the budget has run out (and so may the
+# look at the request's state and the workers that ReplyTimeout reports).
 LAST_READ_S = 1.0
 
 
 class RequestOptions(TypedDict, total=False):
+    """The optional arguments of ``complete``, ``stream`` and ``submit`` (contract section 1.2).
+
+    ``tools``, ``tool_choice``: OpenAI-style tool definitions and choice. ``channel``: where events
+    go instead of ``P:stream:{request_id}`` (must match ``worker.allowed_channels``). ``params``:
+    sampling parameters (``temperature``, ``max_tokens``, ...). ``timeout_s``: the request's
+    deadline, counted from its enqueue (at most ``worker.max_timeout_s``; default
+    ``worker.default_timeout_s``). ``metadata``: string pairs echoed in the reply. ``request_id``:
+    1 to 128 characters (default a new UUID hex); reusing one is idempotent.
+    """
+
     tools: list[dict[str, Any]]
     tool_choice: str | dict[str, Any]
     channel: str
@@ -74,7 +100,7 @@ class RequestOptions(TypedDict, total=False):
     request_id: str
 
 
-class StreamTracker:
+class _StreamTracker:
     """Which of a channel's messages a caller gets, and what it is still owed at the end.
 
     No I/O. ``accept`` takes each message and returns the event to yield, if any: other requests'
@@ -172,7 +198,7 @@ class _Wait:
         except TimeoutError:
             return None
 
-    def describe(self, tracker: StreamTracker, reply_key_state: str) -> str:
+    def describe(self, tracker: _StreamTracker, reply_key_state: str) -> str:
         enqueued = {None: "enqueued beforehand", True: "enqueued", False: "not enqueued"}[self.enqueued]
         return (
             f"request {self.request_id}: no reply after {time.monotonic() - self.started:.1f} s "
@@ -184,22 +210,45 @@ class _Wait:
 
 
 class LLMPool:
-    """Async client: ``complete``, ``stream``, ``submit``, ``reply``, ``wait`` and ``cancel``.
+    """The orchestrator's client of the pool (contract v1): see docs/api.md.
 
-    Use as ``async with LLMPool() as pool: reply = await pool.complete(...)``. Failures raise a
-    ``PoolError``: ``InvalidRequestError``, ``SubscribeRefused``, ``PoolUnavailable``, ``ReplyTimeout``.
+    ``async with LLMPool() as pool: reply = await pool.complete("quality", messages, tenant_id=...)``.
+    One instance serves any number of concurrent tasks of one event loop: it holds one Redis
+    connection pool for commands and one shared pub-sub connection. It connects on first use.
+
+    Public methods: ``complete``, ``stream``, ``submit``, ``wait``, ``reply``, ``cancel``, ``close``
+    (and ``async with``); the ``keys`` property names the pool's Redis keys and channels. Every
+    failure is a ``PoolError``: ``InvalidRequestError`` (nothing enqueued), ``SubscribeRefused``
+    (nothing enqueued), ``PoolUnavailable`` (Redis unreachable or refusing), ``ReplyTimeout`` (no
+    final state within the budget). A request that ends in error is not an exception: it is an
+    ``ErrorReply`` (or an ``error`` event).
+
+    Budget of a call that waits (``complete``, ``stream``, ``wait``; ``submit`` for its enqueue):
+    the request's ``timeout_s`` (default ``worker.default_timeout_s``) plus ``WAIT_MARGIN_S``
+    (10 s), counted from the call; it bounds the SUBSCRIBE confirmation, the enqueue and the wait
+    together. The worker ends the request with a ``timeout`` reply once ``timeout_s`` has passed
+    since the enqueue, so ``ReplyTimeout`` means no worker answered at all within the margin.
     """
 
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
+        """``settings``: default ``load_settings()`` (settings.toml, ``LLM_POOL_SETTINGS``, env;
+        raises ``SettingsError``). ``redis_url`` replaces ``redis.url`` (with Sentinels: its db and
+        credentials). Nothing is connected yet."""
         self._settings = settings or load_settings()
-        self.keys = Keys(self._settings.redis.key_prefix)
+        self._keys = Keys(self._settings.redis.key_prefix)
         section = self._settings.redis
         if redis_url:
             section = section.model_copy(update={"url": redis_url})
         self._redis: Redis = async_redis(section)
         self._address = redis_address(self._redis)
-        self._mux = Multiplexer(self._redis, self.keys.client_channel(uuid.uuid4().hex))
-        self._enqueuer = Enqueuer(self._redis, self.keys)
+        self._mux = Multiplexer(self._redis, self._keys.client_channel(uuid.uuid4().hex))
+        self._enqueuer = Enqueuer(self._redis, self._keys)
+
+    @property
+    def keys(self) -> Keys:
+        """The names of the pool's keys and channels under ``redis.key_prefix``, e.g.
+        ``pool.keys.stream(request_id)`` (a request's default channel) or ``pool.keys.reply(id)``."""
+        return self._keys
 
     async def __aenter__(self) -> LLMPool:
         return self
@@ -210,12 +259,119 @@ class LLMPool:
         await self.close()
 
     async def close(self) -> None:
+        """Close the pub-sub connection and the connection pool; never raises for an absent Redis.
+        Requests already enqueued carry on in the pool."""
         await self._mux.close()
         await self._redis.aclose()
 
+    # --- submitting -----------------------------------------------------------------------------
+
+    async def complete(
+        self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
+    ) -> Reply:
+        """Run one request (job ``complete``: no chunks) and return its reply.
+
+        ``model`` is a group (``quality``, ``fast``), ``messages`` OpenAI-style messages,
+        ``tenant_id`` a UUID; ``options`` are ``RequestOptions``. Subscribes to the request's channel,
+        enqueues, and waits for its final event, within the budget (class docstring). Returns an
+        ``OkReply`` or an ``ErrorReply`` (``.error.code``: contract section 2). With a
+        ``request_id`` that already has a reply, returns that reply and enqueues nothing.
+
+        Raises ``InvalidRequestError``, ``SubscribeRefused``, ``PoolUnavailable``, ``ReplyTimeout``.
+        Cancelling the calling task stops the wait, not the request (use ``cancel``).
+        """
+        request_id, request = self._build_request(model, messages, tenant_id, **options)
+        wait = self._wait(request_id, self._channel_of(request_id, request), self._wait_budget_s(request))
+        return await self._reply_after(wait, (request, False))
+
+    async def stream(
+        self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
+    ) -> AsyncGenerator[Event, None]:
+        """Run one request as a stream (job ``complete_stream``) and yield its events as they arrive.
+
+        Arguments as ``complete``. Yields ``ChunkEvent``s (``seq`` from 0), possibly ``ResetEvent``s
+        (discard the text so far), and ends with exactly one ``DoneEvent`` or ``ErrorEvent``; the
+        chunks' text after the last reset is the reply's ``content``. After a gap (a dropped
+        connection, a skipped ``seq``) no chunk is yielded until the request ends; then the text the
+        caller missed comes from the reply key: one chunk with the rest, or a ``reset`` and one
+        chunk with the whole text. Every event carries ``request_id``.
+
+        Same budget and exceptions as ``complete``; they are raised from the iteration. Breaking out
+        of the loop does not stop the request: it runs to its end (reply key, ledger) unless you
+        ``cancel(event.request_id)``. The channel is unsubscribed when the generator is closed: at
+        once with ``contextlib.aclosing(pool.stream(...))``, otherwise when it is garbage-collected.
+        """
+        request_id, request = self._build_request(model, messages, tenant_id, **options)
+        wait = self._wait(request_id, self._channel_of(request_id, request), self._wait_budget_s(request))
+        async for event in self._events(wait, (request, True)):
+            yield event
+
+    async def submit(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        tenant_id: str,
+        *,
+        stream: bool = False,
+        **options: Unpack[RequestOptions],
+    ) -> str:
+        """Enqueue without waiting (``stream=True``: job ``complete_stream``); return the request id.
+
+        Arguments as ``complete``. Read the result later with ``wait`` (or ``reply``); a streamed
+        request's chunks go to its channel whether anyone listens or not (subscribe first, e.g. from
+        a WebSocket handler, to see them). Enqueueing an id that is already known is a no-op.
+
+        Raises ``InvalidRequestError``, ``PoolUnavailable``, and ``ReplyTimeout`` if Redis does not
+        answer the enqueue within the budget.
+        """
+        request_id, request = self._build_request(model, messages, tenant_id, **options)
+        wait = self._wait(request_id, self._channel_of(request_id, request), self._wait_budget_s(request))
+        await self._bounded(wait, "enqueueing", self._enqueue(request_id, request, stream))
+        return request_id
+
+    # --- waiting, reading, cancelling -------------------------------------------------------------
+
+    async def wait(
+        self, request_id: str, *, channel: str | None = None, timeout_s: float | None = None
+    ) -> Reply:
+        """Block until the request's final state, then return its reply.
+
+        ``channel``: the request's own ``channel`` if it was given one (default
+        ``P:stream:{request_id}``). ``timeout_s``: the whole wait, no margin added (default
+        ``worker.default_timeout_s`` + ``WAIT_MARGIN_S``; pass the request's ``timeout_s`` plus a
+        margin if it had a longer one). Reads the reply key right after subscribing, so a request
+        that already finished returns at once.
+
+        Raises ``ReplyTimeout`` (saying what it saw: the request queued, running or unknown, and
+        whether any worker is alive), ``PoolUnavailable``, ``SubscribeRefused``.
+        """
+        budget = timeout_s if timeout_s is not None else self._wait_budget_s(None)
+        wait = self._wait(request_id, channel or self._keys.stream(request_id), budget)
+        return await self._reply_after(wait, None)
+
+    async def reply(self, request_id: str) -> Reply | None:
+        """The reply key's content; None while the request has no final state, and for an unknown
+        id or one whose reply expired (``worker.reply_ttl_s``). One GET, bounded by
+        ``CALL_TIMEOUT_S``; raises ``PoolUnavailable``."""
+        return await self._call(f"reading {self._keys.reply(request_id)}", self._read_reply(request_id))
+
+    async def cancel(self, request_id: str) -> bool:
+        """Ask the pool to stop a request (contract section 5); True if it was queued or running.
+
+        Sets ``P:cancel:{request_id}`` (expires after 600 s) only when the request is in the queue
+        (queued, or running on a worker): a queued one ends with ``cancelled`` without reaching a
+        provider, a running one within about 0.25 s. Returns False, writing nothing, for an unknown
+        id (never enqueued, or its reply expired) or a request that already finished. Wait for the
+        ``cancelled`` reply with ``wait``. Bounded by ``CALL_TIMEOUT_S``; raises ``PoolUnavailable``.
+        """
+        found = await self._call(
+            f"cancelling {request_id}", pool_state.cancel(self._redis, self._keys, request_id)
+        )
+        return found.state in ("queued", "running")
+
     # --- building and enqueueing ------------------------------------------------------------
 
-    def build_request(
+    def _build_request(
         self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
     ) -> tuple[str, CompletionRequest]:
         """Validate a request as the worker will; raises ``InvalidRequestError``."""
@@ -232,7 +388,7 @@ class LLMPool:
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error(exc)) from None
         limits = self._settings.worker
-        if request.channel is not None and not self.keys.channel_allowed(
+        if request.channel is not None and not self._keys.channel_allowed(
             request.channel, limits.allowed_channels
         ):
             patterns = ", ".join(limits.allowed_channels)
@@ -248,8 +404,8 @@ class LLMPool:
             raise InvalidRequestError(too_big)
         return request_id, request
 
-    def channel_of(self, request_id: str, request: CompletionRequest) -> str:
-        return request.channel or self.keys.stream(request_id)
+    def _channel_of(self, request_id: str, request: CompletionRequest) -> str:
+        return request.channel or self._keys.stream(request_id)
 
     async def _enqueue(self, request_id: str, request: CompletionRequest, stream: bool) -> Reply | None:
         """Enqueue (a no-op if the id is known); the reply if the request had already finished.
@@ -282,80 +438,26 @@ class LLMPool:
             )
         return None
 
-    async def submit(
-        self,
-        model: str,
-        messages: list[dict[str, Any]],
-        tenant_id: str,
-        *,
-        stream: bool = False,
-        **options: Unpack[RequestOptions],
-    ) -> str:
-        """Enqueue without waiting; returns the request id. Read the result with ``wait``."""
-        request_id, request = self.build_request(model, messages, tenant_id, **options)
-        wait = self._wait(request_id, self.channel_of(request_id, request), self._wait_budget_s(request))
-        await self._bounded(wait, "enqueueing", self._enqueue(request_id, request, stream))
-        return request_id
-
-    # --- waiting --------------------------------------------------------------------------
-
     def _wait_budget_s(self, request: CompletionRequest | None) -> float:
         timeout = request.timeout_s if request and request.timeout_s else None
         return (timeout or self._settings.worker.default_timeout_s) + WAIT_MARGIN_S
 
     def _wait(self, request_id: str, channel: str, budget_s: float) -> _Wait:
-        return _Wait(request_id, channel, self.keys.reply(request_id), budget_s)
-
-    async def reply(self, request_id: str) -> Reply | None:
-        """The reply key's content, or None while the request has no final state."""
-        try:
-            return await self._read_reply(request_id)
-        except (RedisError, OSError) as exc:
-            raise PoolUnavailable(self._address, exc, f"reading {self.keys.reply(request_id)}") from exc
+        return _Wait(request_id, channel, self._keys.reply(request_id), budget_s)
 
     async def _read_reply(self, request_id: str) -> Reply | None:
-        raw = await self._redis.get(self.keys.reply(request_id))
+        raw = await self._redis.get(self._keys.reply(request_id))
         return parse_reply(raw) if raw is not None else None
-
-    async def wait(
-        self, request_id: str, *, channel: str | None = None, timeout_s: float | None = None
-    ) -> Reply:
-        """Block until the request's final state, then return its reply."""
-        budget = timeout_s if timeout_s is not None else self._wait_budget_s(None)
-        wait = self._wait(request_id, channel or self.keys.stream(request_id), budget)
-        return await self._reply_after(wait, None)
-
-    async def complete(
-        self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
-    ) -> Reply:
-        """One completion through the pool; returns the reply (``status`` ok or error)."""
-        request_id, request = self.build_request(model, messages, tenant_id, **options)
-        wait = self._wait(request_id, self.channel_of(request_id, request), self._wait_budget_s(request))
-        return await self._reply_after(wait, (request, False))
 
     async def _reply_after(self, wait: _Wait, enqueue: tuple[CompletionRequest, bool] | None) -> Reply:
         async for _ in self._events(wait, enqueue):
             pass
         return wait.reply if wait.reply is not None else await self._reply_of_final_event(wait)
 
-    async def stream(
-        self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
-    ) -> AsyncIterator[Event]:
-        """Yield the request's events (section 3) as they arrive, ending with ``done`` or ``error``.
-
-        After a gap (a dropped connection, a missing ``seq``) no chunk is yielded until the request
-        ends; then the text the caller missed comes from the reply key: one chunk with the rest, or a
-        ``reset`` and one chunk with the whole text if the reply does not continue what was yielded.
-        """
-        request_id, request = self.build_request(model, messages, tenant_id, **options)
-        wait = self._wait(request_id, self.channel_of(request_id, request), self._wait_budget_s(request))
-        async for event in self._events(wait, (request, True)):
-            yield event
-
     async def _events(
         self, wait: _Wait, enqueue: tuple[CompletionRequest, bool] | None
     ) -> AsyncIterator[Event]:
-        tracker = StreamTracker(wait.request_id)
+        tracker = _StreamTracker(wait.request_id)
         async with self._mux.subscribe(wait.channel, wait.remaining()) as queue:
             wait.subscribed = True
             if enqueue is not None:
@@ -399,7 +501,7 @@ class LLMPool:
             raise ReplyTimeout(f"request {wait.request_id}: final event seen but {wait.reply_key} is gone")
         return reply
 
-    async def _check_reply(self, wait: _Wait, tracker: StreamTracker) -> Reply | None:
+    async def _check_reply(self, wait: _Wait, tracker: _StreamTracker) -> Reply | None:
         """The reply key, when events may have been missed; at the budget's end, the error instead."""
         try:
             async with asyncio.timeout(max(wait.remaining(), LAST_READ_S)):
@@ -410,8 +512,49 @@ class LLMPool:
             raise PoolUnavailable(self._address, exc, wait.describe(tracker, "unreadable")) from exc
         wait.reply_reads += 1
         if reply is None and wait.expired:
-            raise ReplyTimeout(wait.describe(tracker, "absent"))
+            found, situation = await self._situation(wait.request_id)
+            if found is not None:
+                return found  # it finished while we looked
+            raise ReplyTimeout(f"{wait.describe(tracker, 'absent')}; {situation}")
         return reply
+
+    async def _situation(self, request_id: str) -> tuple[Reply | None, str]:
+        """For ``ReplyTimeout``: where the request is and whether any worker is alive for the queue
+        (at most ``LAST_READ_S``); the reply instead, if it has just been written."""
+        queue = self._keys.queue
+        try:
+            async with asyncio.timeout(LAST_READ_S):
+                found = await pool_state.look_up(self._redis, self._keys, request_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            where = f"its state could not be read ({type(exc).__name__})"
+        else:
+            if found.reply is not None:
+                return parse_reply(found.reply), ""
+            where = {
+                "queued": f"it is still waiting in {queue}, not taken by any worker",
+                "running": "a worker holds it (arq:in-progress is set) but has not finished it",
+                "unknown": f"it is neither in {queue} nor answered (never enqueued here, or removed)",
+            }[found.state]
+        try:
+            async with asyncio.timeout(LAST_READ_S):
+                beats = await pool_state.live_workers(self._redis, self._keys)
+            workers = [w for w in beats if w.queue == queue]
+        except NoPermissionError:
+            alive = "whether a worker is alive is unknown (the Redis user may not SCAN heartbeat keys)"
+        except (RedisError, OSError, TimeoutError) as exc:
+            alive = f"whether a worker is alive is unknown ({type(exc).__name__})"
+        else:
+            if not workers:
+                alive = (
+                    f"no worker is alive for {queue} (no {self._keys.heartbeat_pattern} key): "
+                    "start one (python -m worker) against this Redis and prefix"
+                )
+            else:
+                busy = sum(w.jobs_running for w in workers)
+                slots = sum(w.max_jobs for w in workers)
+                names = ", ".join(sorted(w.worker_id for w in workers)[:5])
+                alive = f"{len(workers)} worker(s) alive for {queue} ({names}), {busy}/{slots} job slots busy"
+        return None, f"{where}; {alive}"
 
     async def _bounded(self, wait: _Wait, what: str, call: Awaitable[T]) -> T:
         """One Redis call within the budget (a read of the reply key may take ``LAST_READ_S``)."""
@@ -426,9 +569,13 @@ class LLMPool:
         except (RedisError, OSError) as exc:
             raise PoolUnavailable(self._address, exc, f"request {wait.request_id}: {what}") from exc
 
-    async def cancel(self, request_id: str) -> None:
-        """Ask the pool to stop the request (contract section 5)."""
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        """One short call (``reply``, ``cancel``), bounded by ``CALL_TIMEOUT_S``."""
         try:
-            await self._redis.set(self.keys.cancel(request_id), b"1", ex=600)
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return await call
+        except TimeoutError:
+            silent = TimeoutError(f"no answer within {CALL_TIMEOUT_S:g} s")
+            raise PoolUnavailable(self._address, silent, what) from None
         except (RedisError, OSError) as exc:
-            raise PoolUnavailable(self._address, exc, f"cancelling {request_id}") from exc
+            raise PoolUnavailable(self._address, exc, what) from exc

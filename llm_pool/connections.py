@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -152,3 +152,29 @@ def _sync_sentinel(section: RedisSection, options: dict[str, Any]) -> sync_senti
         sentinel_kwargs=_sentinel_options(section, options),
         **_connection_options(section),
     )
+
+
+_SECRET_QUERY_FIELDS = frozenset({"password", "sentinel_password"})
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a message or a log line: its password (and any ``password=`` query parameter)
+    replaced by ``***``. A user name with no password is masked too (``redis://SECRET@host`` is a
+    common slip). ``redis://:pw@host:6379/0`` -> ``redis://:***@host:6379/0``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a Redis URL that cannot be parsed)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query = [
+        (k, "***" if k.lower() in _SECRET_QUERY_FIELDS else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    text = f"{parts.scheme}://{netloc}{parts.path}"  # urlunsplit would drop unix:///'s empty host
+    if query:
+        text += "?" + urlencode(query, safe="*/:")
+    return text

@@ -288,5 +288,9 @@ class Heartbeat(BaseModel):
     max_jobs: int
     jobs_running: int
     jobs_done: int
-    jobs_failed: int
+    jobs_failed: int  # every error reply: jobs_pool_errors + jobs_caller_errors
     groups: list[str]
+    # Added in 0.1 without a new contract version; None in heartbeats of workers from before.
+    jobs_pool_errors: int | None = None  # providers_unavailable and internal: the pool's failures
+    jobs_caller_errors: int | None = None  # invalid_request, cancelled, timeout, over_budget
+    errors_by_code: dict[str, int] | None = None  # error replies per ErrorCode value

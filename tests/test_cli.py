@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -13,6 +15,7 @@ from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
 from tests.conftest import REDIS_URL, Pool, user
+from tests.test_pool_e2e import fail_group, request, run_plain
 
 
 def cli(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +42,8 @@ async def test_usage_request_cancel_and_queue(pool: Pool) -> None:
     assert "finished ok" in cli(pool, "request", reply.request_id).stdout
     unknown = uuid.uuid4().hex
     assert json.loads(cli(pool, "--json", "request", unknown).stdout)["state"] == "unknown"
-    assert cli(pool, "cancel", unknown).returncode == 0
+    assert cli(pool, "cancel", unknown).returncode == 1, "nothing to cancel"
+    assert cli(pool, "cancel", reply.request_id).returncode == 1, "already finished"
     queue = json.loads(cli(pool, "--json", "queue").stdout)
     assert queue["queue"] == pool.keys.queue and queue["depth"] >= 0
     assert cli(pool, "health").returncode == 0
@@ -67,3 +71,40 @@ async def test_queue_and_request_show_waiting_jobs_by_tenant(
     assert all(s["tenants_waiting"] == 2 for s in states)
     await aredis.delete(*[k async for k in aredis.scan_iter(match=f"{idle.prefix}:*")])
     await aredis.delete(*[f"arq:job:{i}" for i in ids])
+
+
+def beats(pool: Pool) -> list[dict[str, Any]]:
+    out = cli(pool, "workers", "--json")
+    assert out.returncode == 0, out.stderr
+    return [w for w in json.loads(out.stdout) if w["worker_id"] in ("alpha", "beta")]
+
+
+def totals(workers: list[dict[str, Any]]) -> dict[str, int]:
+    fields = ("jobs_done", "jobs_failed", "jobs_pool_errors", "jobs_caller_errors")
+    counts = {f: sum(w[f] for w in workers) for f in fields}
+    for w in workers:
+        for code, n in w["errors_by_code"].items():
+            counts[code] = counts.get(code, 0) + n
+    return counts
+
+
+async def test_workers_separate_provider_failures_from_caller_errors(pool: Pool) -> None:
+    interval_s = pool.settings.worker.heartbeat_interval_s
+    before = totals(beats(pool))
+    invalid, _ = await run_plain(pool, "complete", {"model": "fast", "messages": []})  # caller's fault
+    assert invalid["error"]["code"] == "invalid_request"
+    timed_out, _ = await run_plain(pool, "complete", request(timeout_s=0.001))  # its own budget
+    assert timed_out["error"]["code"] == "timeout"
+    fail_group(pool, "quality")
+    fail_group(pool, "fast")
+    failed = await run_plain(pool, "complete", request())  # every provider failed: the pool's
+    assert failed[0]["error"]["code"] == "providers_unavailable"
+    pool.provider.reset()
+    await asyncio.sleep(interval_s * 1.5)  # the next heartbeats
+    after = totals(beats(pool))
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert delta["jobs_caller_errors"] == 2 and delta["jobs_pool_errors"] == 1, delta
+    assert delta["jobs_failed"] == 3 and delta["jobs_done"] == 0, delta
+    assert delta["invalid_request"] == delta["timeout"] == delta["providers_unavailable"] == 1, delta
+    table = cli(pool, "workers").stdout
+    assert "FAILED" in table and "CALLER ERRORS" in table and "caller errors: invalid_request" in table

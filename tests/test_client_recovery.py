@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from llm_pool import PoolError, PoolUnavailable, ReplyTimeout, SubscribeRefused
-from llm_pool.client import Event, LLMPool, StreamTracker
+from llm_pool.client import Event, LLMPool
+from llm_pool.client import _StreamTracker as StreamTracker
 from llm_pool.schemas import (
     ChunkEvent,
     DoneEvent,

@@ -162,8 +162,8 @@ async def test_the_client_refuses_what_the_worker_would() -> None:
         ]
         for options, reason in cases:
             with pytest.raises(InvalidRequestError, match=reason):
-                pool.build_request("fast", messages, tenant, **options)
-        request_id, _ = pool.build_request("fast", messages, tenant, request_id="r" * 128)
+                pool._build_request("fast", messages, tenant, **options)
+        request_id, _ = pool._build_request("fast", messages, tenant, request_id="r" * 128)
         assert request_id == "r" * 128
     finally:
         await pool.close()

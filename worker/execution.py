@@ -372,7 +372,7 @@ class Execution:
             self._log.warning("final_event_refused", detail="the reply is written; Redis refused its PUBLISH")
         self._count(reply)
         if isinstance(reply, OkReply):
-            state.counters.done += 1
+            state.counters.finished_ok()
             self._log.info(
                 "request_finished",
                 status="ok",
@@ -385,7 +385,7 @@ class Execution:
                 duplicate=status == DUPLICATE,
             )
         else:
-            state.counters.failed += 1
+            state.counters.finished_with(reply.error.code)
             self._log.info(
                 "request_finished",
                 status="error",

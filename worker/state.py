@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from llm_pool.keys import Keys
 from llm_pool.router import PoolRouter
-from llm_pool.schemas import Heartbeat
+from llm_pool.schemas import ErrorCode, Heartbeat
 from llm_pool.settings import Settings
 from llm_pool.version import __version__
 from worker.cancellation import CancelWatcher
@@ -24,11 +24,35 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+# Error replies that answer the caller's own request or choice, not a failure of the pool or its
+# providers: a request that breaks the contract (or that a provider refused as invalid), one the
+# caller cancelled, one whose own time budget (timeout_s) ran out, one over its tenant's limits.
+CALLER_ERRORS = frozenset(
+    {ErrorCode.INVALID_REQUEST, ErrorCode.CANCELLED, ErrorCode.TIMEOUT, ErrorCode.OVER_BUDGET}
+)
+
+
 @dataclass
 class JobCounters:
+    """Requests of this process: running now, and finished since it started (the heartbeat's)."""
+
     running: int = 0
-    done: int = 0
-    failed: int = 0
+    done: int = 0  # ok replies
+    failed: int = 0  # error replies of any code: pool_errors + caller_errors
+    pool_errors: int = 0  # providers_unavailable, internal
+    caller_errors: int = 0  # CALLER_ERRORS
+    by_code: dict[str, int] = field(default_factory=dict)
+
+    def finished_ok(self) -> None:
+        self.done += 1
+
+    def finished_with(self, code: ErrorCode) -> None:
+        self.failed += 1
+        if code in CALLER_ERRORS:
+            self.caller_errors += 1
+        else:
+            self.pool_errors += 1
+        self.by_code[code.value] = self.by_code.get(code.value, 0) + 1
 
 
 @dataclass
@@ -60,4 +84,7 @@ class WorkerState:
             jobs_done=self.counters.done,
             jobs_failed=self.counters.failed,
             groups=self.router.groups,
+            jobs_pool_errors=self.counters.pool_errors,
+            jobs_caller_errors=self.counters.caller_errors,
+            errors_by_code=dict(self.counters.by_code),
         )
