@@ -17,7 +17,7 @@ def main() -> int:
     configure_logging(settings.worker.log_format, settings.worker.log_level)
     from worker.settings import create_pool_worker  # imports LiteLLM (seconds); after logging is set up
 
-    get_logger("worker").info("worker_starting", queue=settings.queue_name)
+    get_logger("worker").info("worker_starting", queue=settings.queue_name, settings=settings.source)
     try:
         create_pool_worker(settings).run()
     except SettingsError as exc:  # found only at start-up, e.g. a metrics port already taken
