@@ -227,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--worker-id")
     demo = sub.add_parser("demo", help="answer one prompt with an offline pool on this machine")
     demo.add_argument("prompt", nargs="?", default="Tell me about queues.")
+    demo.add_argument("--redis-url", help="the Redis for the demo and its worker (default: 127.0.0.1:6379)")
     return p
 
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from llm_pool.demo import run_demo
 
-        return run_demo(args.prompt)
+        return run_demo(args.prompt, args.redis_url)
     try:
         settings = load_settings()
         if args.command == "health":
