@@ -207,6 +207,10 @@ def litellm_param_names() -> frozenset[str]:
     return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
+def _secret_like(key: str) -> bool:
+    return any(word in key.lower() for word in ("key", "secret", "password"))
+
+
 class Deployment(BaseModel):
     """One ``[[groups.NAME]]`` table: LiteLLM ``litellm_params`` plus ``api_key_env``."""
 
@@ -228,12 +232,13 @@ class Deployment(BaseModel):
         known = litellm_param_names() | POOL_DEPLOYMENT_KEYS
         for key in sorted(extra):
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
+                allowed = sorted(k for k in known if not _secret_like(k)) + sorted(POOL_DEPLOYMENT_KEYS)
+                close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise LocatedError(
                     (key,), f"unknown deployment key {key!r} (not a LiteLLM litellm_params key){hint}"
                 )
-        secret_like = sorted(k for k in extra if any(w in k.lower() for w in ("key", "secret", "password")))
+        secret_like = sorted(filter(_secret_like, extra))
         if secret_like:
             raise LocatedError(
                 (secret_like[0],),

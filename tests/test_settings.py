@@ -99,6 +99,11 @@ def test_redis_url_schemes(tmp_path: Path, url: str) -> None:
             "unknown deployment key 'api_bse' .*did you mean 'api_base'",
         ),
         (
+            MINIMAL.replace("api_key_env", "api_kye_env"),
+            "[[groups.quality]] #1 api_kye_env",
+            "did you mean 'api_key_env'",  # never a key that would hold a secret
+        ),
+        (
             MINIMAL + '\n[redis]\nsentinels = ["h:26379"]\nurl = "unix:///r.sock"\n',
             "[redis] url",
             "with sentinels, url must be",
