@@ -294,6 +294,7 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(command("health", "exit 0 when the pool (or one worker) is alive, 1 when not"))
     demo = command("demo", "answer one prompt with an offline pool on this machine (no --json)")
     demo.add_argument("prompt", nargs="?", default="Tell me about queues.")
+    demo.add_argument("--redis-url", help="the Redis for the demo and its worker (default: 127.0.0.1:6379)")
     return p
 
 
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ERROR
         from llm_pool.demo import run_demo
 
-        return run_demo(args.prompt)
+        return run_demo(args.prompt, args.redis_url)
     if args.command == "health":
         return report(args.worker_id, as_json=args.json, quiet=args.quiet, prog=PROG)
     settings = settings_or_exit_code(PROG)

@@ -1,30 +1,56 @@
-"""Settings: ``settings.toml`` (or the file named by ``LLM_POOL_SETTINGS``) plus environment overrides.
+"""Settings: a TOML file plus environment overrides, read with pydantic-settings.
 
-Precedence, lowest first: the model defaults below, the TOML file, ``LLM_POOL__SECTION__KEY``
-variables, then the dedicated variables ``REDIS_URL`` and ``OLLAMA_BASE_URL``. Secrets never live in
-the file: a deployment names the variable that holds its key (``api_key_env``) and the key is read
-from the environment when the router is built.
+The file is the one ``LLM_POOL_SETTINGS`` names, else ``./settings.toml`` (the current directory),
+else the defaults shipped in the package (``llm_pool/default_settings.toml``, identical to the
+repository's ``settings.toml``). Precedence, lowest first: the model defaults below, the file,
+``LLM_POOL__SECTION__KEY`` variables, then the dedicated variables ``REDIS_URL`` and
+``OLLAMA_BASE_URL`` (``llm_pool/settings_sources.py``). Secrets never live in the file: a deployment
+names the variable that holds its key (``api_key_env``) and the key is read from the environment
+when the router is built.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
-import tomllib
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from llm_pool.settings_sources import (
+    ENV_DELIMITER,
+    ENV_PREFIX,
+    DedicatedVariables,
+    EnvironmentOverrides,
+    Loc,
+    LocatedError,
+    SettingsFile,
+    describe_key,
+    merge_tables,
+)
+from llm_pool.settings_sources import SettingsError as SettingsError
 
 ENV_SETTINGS_FILE = "LLM_POOL_SETTINGS"
-ENV_PREFIX = "LLM_POOL__"
-DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent.parent / "settings.toml"
+LOCAL_SETTINGS_FILE = "settings.toml"
+PACKAGED_SETTINGS_FILE = Path(__file__).resolve().parent / "default_settings.toml"
+LITELLM_PARAMS_FILE = Path(__file__).resolve().parent / "litellm_params.txt"
 DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
-
-
-class SettingsError(ValueError):
-    """The settings file or an override is invalid; the message says which key and why."""
+# Keys of a [[groups.NAME]] table that are the pool's own, not LiteLLM's.
+POOL_DEPLOYMENT_KEYS = frozenset({"api_key_env"})
 
 
 class _Section(BaseModel):
@@ -72,7 +98,9 @@ class RedisSection(_Section):
     @model_validator(mode="after")
     def _sentinels_over_tcp(self) -> RedisSection:
         if self.sentinels and self.url.startswith("unix://"):
-            raise ValueError("with sentinels, url must be redis:// or rediss:// (for db and credentials)")
+            raise LocatedError(
+                ("url",), "with sentinels, url must be redis:// or rediss:// (for db and credentials)"
+            )
         return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
@@ -170,6 +198,19 @@ class TenantsSection(_Section):
         return self.overrides.get(tenant_id, self.default)
 
 
+@functools.cache
+def litellm_param_names() -> frozenset[str]:
+    """LiteLLM's ``litellm_params`` keys (``LiteLLM_Params.model_fields`` of the pinned release), from
+    ``llm_pool/litellm_params.txt``: reading them from LiteLLM itself would import it (seconds) in
+    every process that reads settings. A test compares the file with the installed LiteLLM."""
+    lines = LITELLM_PARAMS_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _secret_like(key: str) -> bool:
+    return any(word in key.lower() for word in ("key", "secret", "password"))
+
+
 class Deployment(BaseModel):
     """One ``[[groups.NAME]]`` table: LiteLLM ``litellm_params`` plus ``api_key_env``."""
 
@@ -186,13 +227,23 @@ class Deployment(BaseModel):
     output_cost_per_token: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _no_secrets(self) -> Deployment:
+    def _known_keys_and_no_secrets(self) -> Deployment:
         extra = self.model_extra or {}
-        secret_like = sorted(k for k in extra if any(w in k.lower() for w in ("key", "secret", "password")))
+        known = litellm_param_names() | POOL_DEPLOYMENT_KEYS
+        for key in sorted(extra):
+            if key not in known:
+                allowed = sorted(k for k in known if not _secret_like(k)) + sorted(POOL_DEPLOYMENT_KEYS)
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise LocatedError(
+                    (key,), f"unknown deployment key {key!r} (not a LiteLLM litellm_params key){hint}"
+                )
+        secret_like = sorted(filter(_secret_like, extra))
         if secret_like:
-            raise ValueError(
+            raise LocatedError(
+                (secret_like[0],),
                 f"secrets never live in the settings file ({', '.join(secret_like)}); "
-                "name an environment variable with api_key_env instead"
+                "name an environment variable with api_key_env instead",
             )
         return self
 
@@ -205,13 +256,37 @@ class Deployment(BaseModel):
         return self.model_dump(exclude_none=True, exclude={"api_key_env"})
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """All settings. ``Settings()`` is the model defaults (plus keyword arguments) and reads nothing;
+    ``load_settings`` reads the file and the environment."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+    )
+
     redis: RedisSection = RedisSection()
     worker: WorkerSection = WorkerSection()
     router: RouterSection = RouterSection()
     tenants: TenantsSection = TenantsSection()
     metrics: MetricsSection = MetricsSection()
     groups: dict[str, list[Deployment]] = Field(default_factory=dict)
+
+    _source: str = PrivateAttr(default="built-in defaults (no file)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
     @model_validator(mode="after")
     def _fallbacks_name_groups(self) -> Settings:
@@ -220,84 +295,68 @@ class Settings(_Section):
         for group, targets in self.router.fallbacks.items():
             for name in (group, *targets):
                 if self.groups and name not in self.groups:
-                    raise ValueError(f"router.fallbacks names group {name!r}, which has no deployments")
+                    raise LocatedError(
+                        ("router", "fallbacks", group),
+                        f"router.fallbacks names group {name!r}, which has no deployments "
+                        f"(groups: {', '.join(sorted(self.groups))})",
+                    )
         return self
 
     @property
     def queue_name(self) -> str:
         return f"{self.redis.key_prefix}:queue"
 
-
-def _parse_scalar(raw: str) -> Any:
-    """An environment value as TOML would read it (``300`` -> int, ``true`` -> bool), else the string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _apply_override(tree: dict[str, Any], path: list[str], value: Any, var: str) -> None:
-    node: Any = tree
-    for i, part in enumerate(path):
-        last = i == len(path) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise SettingsError(f"{var}: {part!r} is not an index of that list")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise SettingsError(f"{var}: cannot set a key inside a scalar")
-        if last:
-            node[part] = value
-        else:
-            node = node.setdefault(part, {})
-
-
-def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Apply ``LLM_POOL__SECTION__KEY``, ``REDIS_URL`` and ``OLLAMA_BASE_URL`` to a raw settings tree."""
-    for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__") if p]
-        if len(path) < 2:
-            raise SettingsError(f"{var}: expected LLM_POOL__SECTION__KEY")
-        _apply_override(tree, path, _parse_scalar(environ[var]), var)
-    if environ.get("REDIS_URL"):
-        tree.setdefault("redis", {})["url"] = environ["REDIS_URL"]
-    ollama = environ.get("OLLAMA_BASE_URL")
-    if ollama:
-        for deployments in tree.get("groups", {}).values():
-            for deployment in deployments if isinstance(deployments, list) else []:
-                if isinstance(deployment, dict) and str(deployment.get("model", "")).startswith("ollama"):
-                    deployment["api_base"] = ollama
-    return tree
+    @property
+    def source(self) -> str:
+        """Which file these settings came from, and why that one (for the start-up log line)."""
+        return self._source
 
 
 def settings_path(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    return Path(env[ENV_SETTINGS_FILE]) if env.get(ENV_SETTINGS_FILE) else DEFAULT_SETTINGS_FILE
+    """The settings file ``load_settings()`` reads: ``LLM_POOL_SETTINGS``, else ``./settings.toml``,
+    else the packaged defaults."""
+    return _settings_file(os.environ if environ is None else environ)[0]
+
+
+def _settings_file(env: Mapping[str, str]) -> tuple[Path, str]:
+    """``settings_path`` and why that file."""
+    if env.get(ENV_SETTINGS_FILE):
+        return Path(env[ENV_SETTINGS_FILE]), ENV_SETTINGS_FILE
+    local = Path.cwd() / LOCAL_SETTINGS_FILE
+    if local.is_file():
+        return local, "the current directory"
+    return PACKAGED_SETTINGS_FILE, "the package's defaults"
 
 
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings file, apply environment overrides and validate the result."""
+    """Read the settings file (``path``, else see ``settings_path``), apply the environment's
+    overrides and validate the result; ``SettingsError`` naming the origin of each bad value."""
     env = os.environ if environ is None else environ
-    file = Path(path) if path is not None else settings_path(env)
-    tree: dict[str, Any] = {}
-    if file.exists():
-        try:
-            tree = tomllib.loads(file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{file}: not valid TOML: {exc}") from exc
-    elif path is not None or env.get(ENV_SETTINGS_FILE):
-        raise SettingsError(f"settings file {file} does not exist")
-    tree = apply_env_overrides(tree, env)
+    file, why = (Path(path), "given") if path is not None else _settings_file(env)
+    if not file.is_file():
+        raise SettingsError(f"settings file {file} does not exist ({why})")
+    toml = SettingsFile(Settings, file)
+    overrides = EnvironmentOverrides(Settings, env, below=toml.toml_data)
+    dedicated = DedicatedVariables(Settings, env, below=merge_tables(toml.toml_data, overrides()))
     try:
-        return Settings.model_validate(tree)
+        # pydantic-settings' own way to hand over sources built per call (mypy sees only the fields).
+        settings = Settings(_build_sources=((dedicated, overrides, toml), {}))  # type: ignore[call-arg]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
-        )
-        raise SettingsError(f"{file}: {problems}") from None
+        origins = (dedicated.origin, overrides.origin, toml.origin)
+        problems = "; ".join(_problem(error, origins) for error in exc.errors(include_input=False))
+        raise SettingsError(problems) from None
+    settings._source = f"{file.resolve()} ({why})"
+    return settings
+
+
+def _problem(error: ErrorDetails, origins: tuple[Any, ...]) -> str:
+    """One validation error as ``ORIGIN: message``; the value itself is never shown."""
+    loc: Loc = tuple(error["loc"])
+    message = error["msg"]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, LocatedError):
+        loc = (*loc, *cause.loc)
+    if isinstance(cause, ValueError):
+        message = str(cause)
+    where = next((o for o in (origin(loc) for origin in origins) if o), f"default {describe_key(loc)}")
+    return f"{where}: {message}"

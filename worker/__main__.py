@@ -24,7 +24,7 @@ def main() -> int:
     from worker.heartbeat import WorkerIdInUse
     from worker.loop import PoolWorker, RedisUnreachable
 
-    get_logger("worker").info("worker_starting", queue=settings.queue_name)
+    get_logger("worker").info("worker_starting", queue=settings.queue_name, settings=settings.source)
     worker = PoolWorker(settings, redis=async_redis(settings.redis), lease_redis=sync_redis(settings.redis))
     try:
         worker.run()

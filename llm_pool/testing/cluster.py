@@ -1,7 +1,11 @@
 """A pool on this machine for tests, benchmarks and demos: fake provider, settings, worker processes.
 
 Everything here runs the real thing: the fake provider is an HTTP server in its own process, and
-workers are started with the Procfile's ``worker:`` command, exactly as an operator would.
+workers are started with the Procfile's ``worker:`` command (``python -m worker``), exactly as an
+operator would. Nothing here reads the source checkout, so it works from an installed package too;
+each process gets an environment built explicitly (``clean_environment``), so variables of the shell
+that runs the tests (``REDIS_URL``, ``OLLAMA_BASE_URL``, ``OPENAI_*``, ``LLM_POOL__*``) cannot point
+a worker somewhere its settings file does not say.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import contextlib
 import json
 import os
 import random
-import shlex
 import shutil
 import signal
 import socket
@@ -19,11 +22,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import redis
 
+# The source checkout, for tests and benchmarks run from it; nothing that runs a pool reads it.
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = ("anthropic", "openai", "ollama")
 
@@ -47,14 +52,26 @@ def free_port() -> int:
         return port
 
 
-def procfile_command(process: str = "worker", procfile: Path = ROOT / "Procfile") -> list[str]:
-    """The command of one Procfile line, with ``python`` meaning this interpreter."""
-    for line in procfile.read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process:
-            argv = shlex.split(command)
-            return [sys.executable if argv[0] in ("python", "python3") else argv[0], *argv[1:]]
-    raise LookupError(f"no {process!r} line in {procfile}")
+def worker_command() -> list[str]:
+    """The Procfile's ``worker:`` line, ``python -m worker``, run by this interpreter."""
+    return [sys.executable, "-m", "worker"]
+
+
+# Variables that choose a Redis, a provider or settings: a pool process started here gets none of
+# the caller's (its settings file says everything), only the ones it is given.
+POOL_VARIABLES = frozenset({"REDIS_URL"})
+POOL_VARIABLE_PREFIXES = ("LLM_POOL", "OLLAMA_", "OPENAI_", "ANTHROPIC_")
+
+
+def clean_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: this process's) without any variable that configures a pool or a
+    provider (``POOL_VARIABLES``, ``POOL_VARIABLE_PREFIXES``)."""
+    source = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in source.items()
+        if name not in POOL_VARIABLES and not name.upper().startswith(POOL_VARIABLE_PREFIXES)
+    }
 
 
 class FakeProviderProcess:
@@ -66,7 +83,7 @@ class FakeProviderProcess:
             stdout=subprocess.PIPE,
             stderr=log or subprocess.DEVNULL,
             text=True,
-            cwd=ROOT,
+            env=clean_environment(),
         )
         assert self._process.stdout is not None
         line = self._process.stdout.readline().strip()
@@ -167,18 +184,18 @@ def settings_toml(
 
 
 class WorkerProcess:
-    """One worker started with the Procfile's command; its log goes to a file."""
+    """One worker started with the Procfile's command in the environment ``env`` (see ``worker_env``)
+    and nothing else; its log goes to a file."""
 
     def __init__(self, worker_id: str, env: dict[str, str], log_dir: Path) -> None:
         self.worker_id = worker_id
         self.log_path = log_dir / f"worker-{worker_id}.log"
         self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            procfile_command(),
+            worker_command(),
             env={**env, "LLM_POOL__WORKER__WORKER_ID": worker_id},
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
         )
         self.pid = self._process.pid
 
@@ -221,12 +238,14 @@ class WorkerProcess:
 
 
 def worker_env(settings_path: Path, secrets: dict[str, str]) -> dict[str, str]:
-    """The environment of a worker: this one, the settings file and the (fake) API keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_POOL__")}
-    env.update(secrets)
-    env["LLM_POOL_SETTINGS"] = str(settings_path)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """The environment of a worker: this one without pool or provider variables
+    (``clean_environment``), plus the settings file and the (fake) API keys."""
+    return {
+        **clean_environment(),
+        **secrets,
+        "LLM_POOL_SETTINGS": str(settings_path),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 class RedisServer:
