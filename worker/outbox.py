@@ -26,7 +26,7 @@ from importlib.resources import files
 
 from redis import Redis as SyncRedis
 from redis.client import Pipeline as SyncPipeline
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from llm_pool.connections import out_of_memory
 from llm_pool.logging import OutageLog, get_logger
@@ -207,18 +207,30 @@ class Outbox:
             if confirm:
                 self._check_acks(results.pop(), sum(isinstance(item, Final) for item in batch))
             refused: list[Publish | Final] = []
+            full = False
             for item, result in zip(batch, results, strict=True):
                 if isinstance(item, Final):
-                    if isinstance(result, RedisError) and out_of_memory(result) and not self._stopping:
+                    if isinstance(result, NoScriptError):
+                        refused.append(item)  # the script did not run: load it, then send again
+                    elif isinstance(result, RedisError) and out_of_memory(result) and not self._stopping:
                         refused.append(item)
+                        full = True
                         self._full.failed(result)
                     else:
                         self._resolve(item, result)
-            if not refused:
+            if not full:
                 self._full.succeeded()
+            if not refused:
                 return
             batch = refused
-            time.sleep(self._retry_delay_s)
+            if full:
+                time.sleep(self._retry_delay_s)
+            else:
+                self._load_finalize()
+
+    def _load_finalize(self) -> None:
+        with contextlib.suppress(RedisError, OSError):  # else the next attempt tells
+            self._redis.script_load(FINALIZE_LUA)
 
     def _check_acks(self, answer: object, finals: int) -> None:
         """WAIT's answer: fewer replicas than asked (or a refused WAIT) is logged and counted."""
@@ -250,4 +262,6 @@ class Outbox:
             "1" if ledger else "0",
             "1" if tpm_key else "0",
         ]
-        self._finalize(keys=keys, args=args, client=pipe)
+        # EVALSHA itself: redis-py's Script in a pipeline asks SCRIPT EXISTS first, one more round
+        # trip per final write. A NOSCRIPT answer (a restarted or new primary) loads it (_send).
+        pipe.execute_command("EVALSHA", self._finalize.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]

@@ -6,11 +6,12 @@ come back forever, and keeps the job's arguments (the prompt) in ``arq:result:{i
 as the result. This runner keeps arq's keys and formats, so plain arq callers (``Job.status()``,
 ``Job.result()``) and dedupe keep working, and changes what happens in them:
 
-1. one round trip counts the try (``arq:retry:{id}``), reads the envelope's size (``STRLEN``) and
-   whether the request already has its reply; a finished request ends there, quietly;
+1. one round trip (``start.lua``) counts the try (``arq:retry:{id}``), reads the envelope's size
+   (``STRLEN``) and whether the request already has its reply, and reads the envelope only when it
+   may be; a finished request ends there, quietly;
 2. after ``worker.max_tries`` tries the request is answered ``internal`` without reading anything;
    an envelope over ``worker.max_payload_bytes`` is answered without being read; otherwise it is
-   read and decoded (``llm_pool.serialization.decode_job``, which never raises);
+   decoded (``llm_pool.serialization.decode_job``, which never raises);
 3. ``Execution`` turns it into exactly one reply key and one final event;
 4. arq's result (the reply, without the request's arguments) is written, the job's keys are
    deleted and it leaves the queue, in one transaction; when Redis is out of memory the deletes
@@ -26,6 +27,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
@@ -40,6 +42,7 @@ from worker.state import WorkerState
 
 log = get_logger("worker.runner")
 
+START_LUA = (files("worker") / "start.lua").read_text(encoding="utf-8")
 RETRY_KEY_TTL_S = 88_400  # arq's
 # While Redis is away (an outage, a failover): when to try a job's bookkeeping again, about 9 s in all.
 RETRY_DELAYS_S = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -50,6 +53,7 @@ class _Start:
     attempt: int
     envelope_bytes: int
     reply: bytes | None
+    envelope: bytes | None  # read only when it may be: no reply yet, within the tries and the size
 
 
 class JobRunner:
@@ -64,6 +68,7 @@ class JobRunner:
         self._max_bytes = state.settings.worker.max_payload_bytes
         self._max_tries = state.settings.worker.max_tries
         self._outer_timeout_s = state.settings.worker.max_timeout_s + 30
+        self._start_script = redis.register_script(START_LUA)
 
     async def run(self, job_id: str, due_local_ms: int) -> None:
         """Run one claimed job; ``due_local_ms``: when it was due, in this machine's clock."""
@@ -82,7 +87,7 @@ class JobRunner:
             log.info("request_already_finished", request_id=job_id, attempt=start.attempt)
             await self._end(job_id, "complete", start.attempt, due_local_ms, started_ms, start.reply, True)
             return
-        function, args, kwargs = await self._arguments(job_id, start)
+        function, args, kwargs = self._arguments(start)
         job = JobInfo(request_id=job_id, attempt=start.attempt, enqueued_ms=due_local_ms)
         execution = Execution(self._state, job, stream=function == "complete_stream")
         try:
@@ -106,16 +111,16 @@ class JobRunner:
         )
 
     async def _start(self, job_id: str) -> _Start:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(self._keys.retry(job_id))
-            pipe.expire(self._keys.retry(job_id), RETRY_KEY_TTL_S)
-            pipe.strlen(self._keys.job(job_id))
-            pipe.get(self._keys.reply(job_id))
-            attempt, _, size, reply = await pipe.execute()
-        return _Start(attempt=int(attempt), envelope_bytes=int(size), reply=reply)
+        keys = [self._keys.retry(job_id), self._keys.job(job_id), self._keys.reply(job_id)]
+        attempt, size, reply, envelope = await self._start_script(
+            keys=keys, args=[RETRY_KEY_TTL_S, self._max_bytes, self._max_tries]
+        )
+        return _Start(
+            attempt=int(attempt), envelope_bytes=int(size), reply=reply or None, envelope=envelope or None
+        )
 
-    async def _arguments(self, job_id: str, start: _Start) -> tuple[str, list[Any], dict[str, Any]]:
-        """The job's function, arguments and keyword arguments, read only when it is safe to."""
+    def _arguments(self, start: _Start) -> tuple[str, list[Any], dict[str, Any]]:
+        """The job's function, arguments and keyword arguments, read only when it was safe to."""
         if start.attempt > self._max_tries:
             return "complete", [], {}  # Execution answers `internal` before looking at arguments
         if start.envelope_bytes == 0:
@@ -127,8 +132,7 @@ class JobRunner:
                 "(worker.max_payload_bytes)"
             )
             return "complete", [UndecodableJob(reason)], {}
-        raw = await self._redis.get(self._keys.job(job_id))
-        envelope = decode_job(raw or b"")
+        envelope = decode_job(start.envelope or b"")
         return str(envelope["f"]), list(envelope["a"]), dict(envelope["k"])
 
     async def _end(
