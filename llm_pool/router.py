@@ -284,8 +284,8 @@ class PoolRouter:
             fallbacks=fallbacks,
             num_retries=settings.router.num_retries,
             # With retries on, a failed deployment makes the Router try the group's other
-            # deployments, each once, before the fallback groups (weighted failover); only 429s
-            # and 5xx answers are also retried on the same deployment, with LiteLLM's backoff.
+            # deployments, each once, before the fallback groups (weighted failover); 429s and
+            # 5xx answers follow LiteLLM's own retry rules within router.num_retries.
             enable_weighted_failover=settings.router.num_retries > 0,
             retry_policy=NOT_RETRIED_IN_PLACE,
             timeout=settings.router.timeout_s,
