@@ -14,12 +14,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
+
 from llm_pool.schemas import EVENT_ADAPTER, REPLY_ADAPTER, CompletionRequest, Heartbeat
 
 PROTOCOL_VERSION = "v1"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 COMMAND = "python -m llm_pool.schema_export"
+
+
+class _Written(GenerateJsonSchema):
+    """Schemas of what workers write: ``model_dump_json`` writes every field, defaults included,
+    so every property is required."""
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        return True
+
 
 # name -> (title, description, the model's schema). Requests are what callers send (validation
 # mode: optional fields may be left out); replies, events and heartbeats are what workers write
@@ -34,17 +50,17 @@ SCHEMAS: dict[str, tuple[str, str, Callable[[], dict[str, Any]]]] = {
     "reply": (
         "Reply",
         "The value of the reply key P:reply:{request_id}, and `r` of arq's result (section 2).",
-        lambda: REPLY_ADAPTER.json_schema(mode="serialization"),
+        lambda: REPLY_ADAPTER.json_schema(mode="serialization", schema_generator=_Written),
     ),
     "event": (
         "StreamEvent",
         "One pub-sub message on a request's channel: chunk, done, error or reset (section 3).",
-        lambda: EVENT_ADAPTER.json_schema(mode="serialization"),
+        lambda: EVENT_ADAPTER.json_schema(mode="serialization", schema_generator=_Written),
     ),
     "heartbeat": (
         "Heartbeat",
         "The value of P:heartbeat:{worker_id} (section 4).",
-        lambda: Heartbeat.model_json_schema(mode="serialization"),
+        lambda: Heartbeat.model_json_schema(mode="serialization", schema_generator=_Written),
     ),
 }
 
