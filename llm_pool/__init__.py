@@ -1,4 +1,4 @@
-"""llm-pool: a queue-driven pool of LLM workers over Redis (contract v1, docs/contract.md).
+"""llm-pool: a queue-driven pool of LLM workers over Redis (protocol v1, docs/protocol.md).
 
 Importing the package is cheap; the client does not import LiteLLM. The client's API (``LLMPool``,
 ``RequestOptions``, the errors) is documented in docs/api.md.

@@ -3,38 +3,87 @@
 ``PoolRouter`` owns the ``litellm.Router``: it knows which deployment belongs to which group, so a
 response can say who served it and whether a fallback group answered, and it turns LiteLLM's
 responses and stream chunks into the pool's own plain types (``Completion``, ``StreamPiece``).
+
+When every deployment fails, ``ProvidersUnavailable.message`` says which deployments were tried
+(model and api_base host) and how each failed (connection refused, timeout, auth, HTTP status),
+never a key or any request text: each failed attempt is recorded by a LiteLLM failure callback
+into a list that only the request's own task sees (a context variable).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.router import RetryPolicy
 
 from llm_pool.litellm_setup import litellm
 from llm_pool.logging import get_logger
-from llm_pool.schemas import CompletionRequest, FunctionCall, ToolCall, Usage
+from llm_pool.schemas import PROVIDERS_UNAVAILABLE_MESSAGE, CompletionRequest, FunctionCall, ToolCall, Usage
 from llm_pool.settings import Deployment, Settings
 
 log = get_logger(__name__)
 
 
-class ProvidersUnavailable(Exception):
-    """Every deployment of the group and of its fallbacks failed (the reason is for logs only)."""
+@dataclass(frozen=True)
+class Attempt:
+    """One failed call to one deployment: where it went and how it failed (no key, no text)."""
 
-    def __init__(self, reason: str, status_code: int | None = None) -> None:
+    deployment: DeploymentInfo | None
+    failure: str
+
+    def where(self) -> str:
+        if self.deployment is None:
+            return "no deployment (the router refused before calling one)"
+        return f"[{self.deployment.group}] {self.deployment.model} at {self.deployment.host}"
+
+
+def describe_attempts(attempts: list[Attempt]) -> str:
+    """``All providers unavailable; tried: [fast] M at HOST: connection refused x3; ...``, in the
+    order the deployments were first tried; repeated failures of one kind are counted."""
+    counts: dict[tuple[str, str], int] = {}
+    for attempt in attempts:
+        key = (attempt.where(), attempt.failure)
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return PROVIDERS_UNAVAILABLE_MESSAGE
+    tried = "; ".join(
+        f"{where}: {failure}" + (f" x{n}" if n > 1 else "") for (where, failure), n in counts.items()
+    )
+    return f"{PROVIDERS_UNAVAILABLE_MESSAGE}; tried: {tried}"
+
+
+class ProvidersUnavailable(Exception):
+    """Every deployment of the group and of its fallbacks failed.
+
+    ``reason`` (the exception type) is for logs; ``message`` is what the reply says: the
+    deployments tried and how each failed."""
+
+    def __init__(
+        self, reason: str, status_code: int | None = None, attempts: list[Attempt] | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status_code = status_code
+        self.attempts = list(attempts or [])
+
+    @property
+    def message(self) -> str:
+        return describe_attempts(self.attempts)
 
 
 class RateLimited(ProvidersUnavailable):
     """Every deployment answered 429; ``retry_after_s`` is what the provider asked us to wait."""
 
-    def __init__(self, reason: str, retry_after_s: float) -> None:
-        super().__init__(reason, 429)
+    def __init__(self, reason: str, retry_after_s: float, attempts: list[Attempt] | None = None) -> None:
+        super().__init__(reason, 429, attempts)
         self.retry_after_s = retry_after_s
 
 
@@ -66,6 +115,8 @@ class DeploymentInfo:
     model: str
     input_cost_per_token: float | None = None
     output_cost_per_token: float | None = None
+    # Host (and port) of the deployment's api_base, without any credentials or path.
+    host: str = "the provider's default api_base"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         if self.input_cost_per_token is None and self.output_cost_per_token is None:
@@ -105,16 +156,93 @@ def _error_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _classify(exc: Exception) -> Exception:
-    """Map an exception from the Router to the pool's two provider outcomes."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it was raised from, outermost first (LiteLLM wraps httpx/aiohttp)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def failure_kind(exc: BaseException | None) -> str:
+    """How a call to a deployment failed, in a few words and without the exception's text (which
+    may quote the request or echo a key): connection refused, timeout, auth, HTTP status..."""
+    if exc is None:
+        return "failed"
+    chain = list(_causes(exc))
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "connection refused"
+    if any(isinstance(e, (litellm.Timeout, asyncio.TimeoutError, TimeoutError)) for e in chain):
+        return "timeout"
     status = _error_status(exc)
-    if isinstance(exc, litellm.ContextWindowExceededError):
-        return ProviderRejected("the messages do not fit the model's context window")
-    if status in (400, 422) and not isinstance(exc, litellm.exceptions.NotFoundError):
-        return ProviderRejected(f"the provider rejected the request (HTTP {status})")
-    if status == 429:
-        return RateLimited(type(exc).__name__, _retry_after_s(exc))
-    return ProvidersUnavailable(type(exc).__name__, status)
+    if status in (401, 403) or isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+        return f"auth refused (HTTP {status})" if status else "auth refused"
+    if any(isinstance(e, ConnectionResetError) for e in chain):
+        return "connection reset"
+    if isinstance(exc, litellm.APIConnectionError):
+        return "connection failed"
+    if status is not None:
+        return f"HTTP {status}"
+    return type(exc).__name__
+
+
+# Failures that trying the same deployment again would not cure: refused or reset connections
+# (LiteLLM's default class), timeouts, rejected keys, unknown models. Retrying them in place cost
+# seconds of backoff when a group's only deployment was down (no Ollama running, say).
+NOT_RETRIED_IN_PLACE = RetryPolicy(
+    DefaultRetries=0, AuthenticationErrorRetries=0, TimeoutErrorRetries=0, NotFoundErrorRetries=0
+)
+
+# The failed attempts of the request running in this task (None outside PoolRouter's calls).
+_ATTEMPTS: ContextVar[list[tuple[str, str]] | None] = ContextVar("llm_pool_attempts", default=None)
+
+
+class _AttemptRecorder(CustomLogger):  # type: ignore[misc]  # LiteLLM's types are skipped (Any)
+    """LiteLLM calls this once per failed deployment call, retries and fallbacks included, in the
+    task that made the call, before the Router moves on: it notes the deployment id and how it
+    failed in that task's list."""
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        attempts = _ATTEMPTS.get()
+        if attempts is None:
+            return
+        params = kwargs.get("litellm_params") or {}
+        model_info = params.get("model_info") or {}
+        attempts.append((str(model_info.get("id")), failure_kind(kwargs.get("exception"))))
+
+
+_RECORDER = _AttemptRecorder()
+litellm.logging_callback_manager.add_litellm_async_failure_callback(_RECORDER)
+
+
+@contextlib.contextmanager
+def _recording() -> Iterator[list[tuple[str, str]]]:
+    """Collect the failed attempts of the calls made inside the block (in this task only)."""
+    attempts: list[tuple[str, str]] = []
+    token = _ATTEMPTS.set(attempts)
+    try:
+        yield attempts
+    finally:
+        _ATTEMPTS.reset(token)
+
+
+def _host(api_base: str | None) -> str | None:
+    """``host[:port]`` of an api_base URL; never its user name, password, path or query."""
+    if not api_base:
+        return None
+    try:
+        parts = urlsplit(api_base)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
 
 
 def _prices(deployment: Deployment) -> tuple[float | None, float | None]:
@@ -155,6 +283,11 @@ class PoolRouter:
             model_list=model_list,
             fallbacks=fallbacks,
             num_retries=settings.router.num_retries,
+            # With retries on, a failed deployment makes the Router try the group's other
+            # deployments, each once, before the fallback groups (weighted failover); 429s and
+            # 5xx answers follow LiteLLM's own retry rules within router.num_retries.
+            enable_weighted_failover=settings.router.num_retries > 0,
+            retry_policy=NOT_RETRIED_IN_PLACE,
             timeout=settings.router.timeout_s,
             stream_timeout=settings.router.stream_timeout_s,
             allowed_fails=settings.router.allowed_fails,
@@ -162,6 +295,22 @@ class PoolRouter:
             disable_cooldowns=settings.router.cooldown_time_s == 0,
             retry_after=int(settings.router.retry_after_s),
         )
+
+    def _classify(self, exc: Exception, attempts: list[tuple[str, str]]) -> Exception:
+        """Map an exception from the Router to the pool's two provider outcomes."""
+        status = _error_status(exc)
+        if isinstance(exc, litellm.ContextWindowExceededError):
+            return ProviderRejected("the messages do not fit the model's context window")
+        if status in (400, 422) and not isinstance(exc, litellm.exceptions.NotFoundError):
+            return ProviderRejected(f"the provider rejected the request (HTTP {status})")
+        tried = [
+            Attempt(self._deployments.get(deployment_id), failure) for deployment_id, failure in attempts
+        ]
+        if not tried:  # refused before any deployment was called (all cooling down, say)
+            tried = [Attempt(None, failure_kind(exc))]
+        if status == 429:
+            return RateLimited(type(exc).__name__, _retry_after_s(exc), tried)
+        return ProvidersUnavailable(type(exc).__name__, status, tried)
 
     def _model_entry(
         self, group: str, index: int, deployment: Deployment, env: Mapping[str, str]
@@ -192,6 +341,7 @@ class PoolRouter:
             model=deployment.model,
             input_cost_per_token=input_cost,
             output_cost_per_token=output_cost,
+            host=_host(deployment.api_base) or DeploymentInfo.host,
         )
         return {"model_name": group, "litellm_params": params, "model_info": {"id": deployment_id}}
 
@@ -241,10 +391,11 @@ class PoolRouter:
 
     async def complete(self, group: str, request: CompletionRequest) -> Completion:
         """One non-streamed completion; raises ``ProvidersUnavailable`` or ``ProviderRejected``."""
-        try:
-            response = await self._router.acompletion(model=group, **request.provider_kwargs())
-        except Exception as exc:  # LiteLLM raises many types; classify them all
-            raise _classify(exc) from exc
+        with _recording() as attempts:
+            try:
+                response = await self._router.acompletion(model=group, **request.provider_kwargs())
+            except Exception as exc:  # LiteLLM raises many types; classify them all
+                raise self._classify(exc, attempts) from exc
         hidden = getattr(response, "_hidden_params", {}) or {}
         deployment = self.deployment(hidden)
         choice = response.choices[0]
@@ -269,15 +420,20 @@ class PoolRouter:
         return StreamCall(self, group, request)
 
     async def open_stream(self, group: str, request: CompletionRequest) -> Any:
-        try:
-            return await self._router.acompletion(
-                model=group,
-                stream=True,
-                stream_options={"include_usage": True},
-                **request.provider_kwargs(),
-            )
-        except Exception as exc:
-            raise _classify(exc) from exc
+        with _recording() as attempts:
+            try:
+                return await self._router.acompletion(
+                    model=group,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **request.provider_kwargs(),
+                )
+            except Exception as exc:
+                raise self._classify(exc, attempts) from exc
+
+    def classify_stream_failure(self, exc: Exception, deployment: DeploymentInfo) -> Exception:
+        """A failure of an open stream: the deployment that was streaming, and how it broke."""
+        return self._classify(exc, [(deployment.id, failure_kind(exc))])
 
 
 class StreamCall:
@@ -301,14 +457,14 @@ class StreamCall:
 
     async def __aiter__(self) -> AsyncIterator[StreamPiece]:
         wrapper = await self._router.open_stream(self._group, self._request)
-        self._deployment = self._router.deployment(getattr(wrapper, "_hidden_params", None))
+        deployment = self._deployment = self._router.deployment(getattr(wrapper, "_hidden_params", None))
         try:
             async for chunk in wrapper:
                 piece = self._absorb(chunk)
                 if piece is not None:
                     yield piece
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise self._router.classify_stream_failure(exc, deployment) from exc
         finally:
             close = getattr(wrapper, "aclose", None)
             if close is not None:

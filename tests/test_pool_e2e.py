@@ -136,12 +136,13 @@ async def test_every_deployment_failing_is_providers_unavailable(pool: Pool, fun
     fail_group(pool, "fast", "500")
     reply, events = await run_plain(pool, function, request())
     assert reply["status"] == "error"
-    assert reply["error"] == {"code": "providers_unavailable", "message": "All providers unavailable"}
+    assert reply["error"]["code"] == "providers_unavailable"
+    assert reply["error"]["message"].startswith("All providers unavailable; tried: ")
     assert events[-1] == {
         "type": "error",
         "request_id": reply["request_id"],
         "code": "providers_unavailable",
-        "message": "All providers unavailable",
+        "message": reply["error"]["message"],
     }
     assert [e["type"] for e in events if e["type"] == "chunk"] == []
 

@@ -223,8 +223,11 @@ class Execution:
                 raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller") from None
             raise
         except ProvidersUnavailable as exc:
-            self._log.warning("providers_unavailable", error=exc.reason, status_code=exc.status_code)
-            raise RequestFailed(ErrorCode.PROVIDERS_UNAVAILABLE, PROVIDERS_UNAVAILABLE_MESSAGE) from None
+            # The message names the deployments tried and how each failed; never a key or any text.
+            self._log.warning(
+                "providers_unavailable", error=exc.reason, status_code=exc.status_code, tried=exc.message
+            )
+            raise RequestFailed(ErrorCode.PROVIDERS_UNAVAILABLE, exc.message) from None
         except ProviderRejected as exc:
             raise RequestFailed(ErrorCode.INVALID_REQUEST, str(exc)) from None
         finally:
@@ -254,7 +257,12 @@ class Execution:
             for target in self._state.settings.router.fallbacks.get(group, []):
                 if router.has_group(target):
                     return target
-            raise RequestFailed(ErrorCode.PROVIDERS_UNAVAILABLE, PROVIDERS_UNAVAILABLE_MESSAGE)
+            skipped = ", ".join(sorted({d.api_key_env or d.model for d in configured[group]}))
+            raise RequestFailed(
+                ErrorCode.PROVIDERS_UNAVAILABLE,
+                f"{PROVIDERS_UNAVAILABLE_MESSAGE}; no deployment of group {group!r} has its API key "
+                f"({skipped} unset at the worker's start) and no fallback group is usable",
+            )
         known = ", ".join(sorted(configured)) or "none"
         raise RequestFailed(ErrorCode.INVALID_REQUEST, f"model: unknown model group (known groups: {known})")
 

@@ -671,10 +671,55 @@ async def _serve(host: str, port: int) -> None:
         await provider.close()
 
 
+HELP_EPILOG: Final = """\
+Deployments (any NAME; one per deployment of your settings file) and their api_base:
+
+  wire protocol   endpoint                                  api_base for LiteLLM
+  OpenAI          POST /d/NAME/v1/chat/completions (SSE)    http://HOST:PORT/d/NAME/v1
+  Anthropic       POST /d/NAME/v1/messages (SSE events)     http://HOST:PORT/d/NAME
+  Ollama          POST /d/NAME/api/chat (NDJSON)            http://HOST:PORT/d/NAME
+                  (+ POST /d/NAME/api/show, GET /d/NAME/api/tags)
+
+  e.g. in settings.toml:  model = "openai/gpt-4.1-mini"
+                          api_base = "http://127.0.0.1:PORT/d/fast-openai/v1"
+                          api_key_env = "OPENAI_API_KEY"   (any non-empty value works)
+
+Answers are deterministic: `tokens` tokens "tok0 tok1 ...", or one tool call to the first tool
+when the request has tools. Message text and keys are never logged.
+
+Control API (JSON):
+  POST /_control/deployments/NAME   set NAME's behaviour; the body replaces it whole:
+      fault                 null (answer) | "500" (HTTP 500) | "429" (HTTP 429 with retry-after)
+                            | "hang" (never answer) | "drop" (cut the connection; streams after
+                            drop_after tokens)
+      tokens                tokens per answer (default 8)
+      token_delay_ms        pause between tokens (default 0)
+      first_token_delay_ms  pause before the first token (default 0)
+      drop_after            tokens sent before a "drop" cuts a stream (default 2)
+      retry_after_s         the retry-after of a "429" (default 1)
+      hold_after            streams: hold the stream open after this many tokens (0: never)
+  GET  /_control/deployments/NAME   NAME's behaviour
+  POST /_control/reset              forget every behaviour and counter
+  GET  /_control/stats              per deployment: requests, streams, completed, disconnects,
+                                    faults; and other requests by "METHOD /path"
+  GET  /_control/health             {"ok": true}
+
+  e.g. curl -X POST localhost:PORT/_control/deployments/fast-openai -d '{"fault": "500"}'
+
+Once listening it prints FAKE_PROVIDER_PORT=<port> on stdout; SIGTERM or Ctrl-C stops it.
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fake OpenAI/Anthropic/Ollama provider for tests.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog="python -m llm_pool.testing.fake_provider",
+        description="A fake LLM provider for tests and offline runs: one HTTP server speaking the "
+        "OpenAI, Anthropic and Ollama chat wire protocols, with per-deployment faults and pacing.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default: %(default)s)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.host, args.port))
