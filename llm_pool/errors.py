@@ -78,7 +78,7 @@ def redis_hint(exc: BaseException) -> str:
     if isinstance(exc, AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH", "invalid username")):
         return "Check the user name and password in the Redis URL (REDIS_URL or redis.url)."
     if isinstance(exc, NoPermissionError):
-        return "The Redis user lacks a permission this needs: see docs/contract.md, section 9.1 (ACL)."
+        return "The Redis user lacks a permission this needs: see docs/protocol.md, section 9.1 (ACL)."
     if isinstance(exc, ResponseError):
         return "Redis refused the command; its error is quoted above."
     if isinstance(exc, RedisTimeoutError | TimeoutError):
