@@ -31,8 +31,11 @@ async def ttft(streams: int, rounds: int) -> dict[str, list[float]]:
     router = PoolRouter(load_settings())
     request = _request()
 
-    samples = await ttft_rounds(lambda: router.stream("fast", request), streams, rounds, "  direct streams")
-    return {"ttft_ms": samples}
+    ends: list[float] = []
+    samples = await ttft_rounds(
+        lambda: router.stream("fast", request), streams, rounds, "  direct streams", ends=ends
+    )
+    return {"ttft_ms": samples, "end_ms": ends}
 
 
 async def ceiling(streams: int) -> dict[str, float]:

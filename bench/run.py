@@ -1011,7 +1011,8 @@ async def wakeups(bench: Bench) -> None:
         )
         wake.start_workers(2)
         samples = 10 if quick else 100
-        direct = wake.direct("ttft", "1", str(samples))["ttft_ms"]
+        in_process = wake.direct("ttft", "1", str(samples))
+        direct, direct_end = in_process["ttft_ms"], in_process["end_ms"]
         messages = [{"role": "user", "content": "hi"}]
         tenant = str(uuid.uuid4())
         request = {"model": "fast", "messages": messages, "tenant_id": tenant}
@@ -1040,7 +1041,7 @@ async def wakeups(bench: Bench) -> None:
                 "  LLMPool enqueue -> done",
             )
         wake.stop_workers()
-        d50, d90 = pct(pushed, 50) - pct(direct, 50), pct(pushed, 90) - pct(direct, 90)
+        d50, d90 = pct(pushed, 50) - pct(direct_end, 50), pct(pushed, 90) - pct(direct_end, 90)
         bench.results.add(
             section,
             "plain-arq enqueue -> done of a 1-token stream, p50 / p90",
@@ -1053,12 +1054,17 @@ async def wakeups(bench: Bench) -> None:
         )
         bench.results.add(
             section,
-            "the same stream in process (litellm), p50 / p90",
+            "the same stream in process (the Router), to its first token, p50 / p90",
             f"{pct(direct, 50):.2f} / {pct(direct, 90):.2f} ms",
         )
         bench.results.add(
             section,
-            "plain arq minus in process, p50 / p90",
+            "the same stream in process (the Router), to its end, p50 / p90",
+            f"{pct(direct_end, 50):.2f} / {pct(direct_end, 90):.2f} ms",
+        )
+        bench.results.add(
+            section,
+            "plain arq minus in process (to the stream's end), p50 / p90",
             f"{d50:.2f} / {d90:.2f} ms",
             "met" if d50 <= 3 and d90 <= 10 else "NOT met (3 ms / 10 ms)",
         )
@@ -1070,9 +1076,10 @@ async def wakeups(bench: Bench) -> None:
             "worker, 9.9 with 8), and plain-arq jobs waited for the poll (p50 149 ms, p90 295 ms "
             "more than in process). A plain-arq job now starts as fast as one from LLMPool (the two "
             "rows above, within noise): the relay adds no measurable time. What separates both from "
-            "in process is the pool's path from enqueue to the done event (claim, envelope read, the "
-            "Router, the final write through the outbox thread), not the wake-up; the in-process "
-            "figure is the time to the stream's first (only) token, a lower bound of its end.",
+            "in process is the pool's path from enqueue to the done event (the wake-up, the claim, "
+            "the start, the Router in a worker process, the final write through the outbox thread). "
+            "The comparison is with the same stream in process read to its end (LiteLLM finishes "
+            "a stream a few ms after its only token); the time to its first token is shown too.",
         )
     finally:
         wake.close()

@@ -11,29 +11,42 @@ from bench.progress import bar
 WARM_UP_STREAMS = 5
 
 
-async def first_item_ms(stream: AsyncIterable[object]) -> float:
-    """Milliseconds until ``stream`` yields its first item; the rest is read to its end."""
+async def stream_times_ms(stream: AsyncIterable[object]) -> tuple[float, float]:
+    """Milliseconds until ``stream`` yields its first item, and until it ends."""
     started = time.perf_counter()
     first = 0.0
     async for _ in stream:
         first = first or time.perf_counter() - started
-    return first * 1000
+    return first * 1000, (time.perf_counter() - started) * 1000
+
+
+async def first_item_ms(stream: AsyncIterable[object]) -> float:
+    """Milliseconds until ``stream`` yields its first item; the rest is read to its end."""
+    return (await stream_times_ms(stream))[0]
 
 
 async def ttft_rounds(
-    open_stream: Callable[[], AsyncIterable[object]], streams: int, rounds: int, desc: str
+    open_stream: Callable[[], AsyncIterable[object]],
+    streams: int,
+    rounds: int,
+    desc: str,
+    ends: list[float] | None = None,
 ) -> list[float]:
-    """A warm-up of a few streams, then ``rounds`` rounds of ``streams`` concurrent ones (ms each)."""
+    """A warm-up of a few streams, then ``rounds`` rounds of ``streams`` concurrent ones (ms each to
+    the first item; with ``ends``, the times to each stream's end are appended there)."""
     warm_up = min(streams, WARM_UP_STREAMS)
     with bar(desc, total=streams * rounds + warm_up, unit="stream") as progress:
 
-        async def one() -> float:
-            ms = await first_item_ms(open_stream())
+        async def one() -> tuple[float, float]:
+            times = await stream_times_ms(open_stream())
             progress.update()
-            return ms
+            return times
 
         await asyncio.gather(*[one() for _ in range(warm_up)])
         samples: list[float] = []
         for _ in range(rounds):
-            samples += await asyncio.gather(*[one() for _ in range(streams)])
+            for first, end in await asyncio.gather(*[one() for _ in range(streams)]):
+                samples.append(first)
+                if ends is not None:
+                    ends.append(end)
     return samples
