@@ -1,1 +1,1 @@
-"""The arq worker process of llm-pool: ``python -m worker``."""
+"""The worker process of llm-pool (its own loop over arq's queue format): ``python -m worker``."""

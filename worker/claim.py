@@ -10,7 +10,7 @@ One call of ``claim.lua`` does three things atomically:
    their worker died or was drained, and any the first step missed;
 3. claims up to ``want`` jobs round-robin over the tenants in turn order, one job per tenant per
    pass, skipping tenants at their cap. A claim is arq's own (``SET arq:in-progress:{id} NX``,
-   here with a lease renewed by the worker), so plain arq workers on the same queue cooperate.
+   here with a lease renewed by the worker), so arq's ``Job.status()`` reports it ``in_progress``.
 
 A tenant's running jobs are those of ``P:fair:running:{tenant}`` whose ``arq:in-progress:`` key
 still exists: arq deletes it when the job ends, and a dead worker's lease expires, so the count

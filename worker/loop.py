@@ -1,7 +1,7 @@
 """The worker process's own loop: start -> upkeep + claim loop -> drain -> stop.
 
 No arq ``Worker`` is involved; jobs stay in arq's format and key protocol (worker/runner.py), so
-callers that enqueue with plain arq, ``Job.status()`` and plain arq workers on the same queue keep
+callers that enqueue with plain arq and read ``Job.status()`` or ``Job.result()`` keep
 working. What the loop does differently from arq's, for an interactive pool:
 
 - an idle worker blocks on ``P:wakeups``, one token per new job, so each job wakes one worker
