@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
 
 
 def cli(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,7 @@ from llm_pool.schemas import (
     Usage,
 )
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, RedisServer, free_port
-from tests.conftest import TENANT, Pool, user
+from tests.helpers import TENANT, Pool, user
 
 
 @pytest.fixture

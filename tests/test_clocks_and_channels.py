@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
-from tests.conftest import Pool
 from tests.helpers import (
+    Pool,
     assert_workers_serving,
     envelope,
     final_events,

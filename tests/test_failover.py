@@ -42,7 +42,7 @@ from llm_pool.testing.cluster import (
     SentinelServer,
     free_port,
 )
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
 from worker.metrics import Metrics
 from worker.outbox import WRITTEN, Final, LedgerEntry, Outbox
 

@@ -16,9 +16,8 @@ from pydantic import ValidationError
 
 from llm_pool.client import InvalidRequestError, LLMPool
 from llm_pool.schemas import CompletionRequest
-from tests.conftest import REDIS_URL, TENANT, Pool, user
+from tests.helpers import REDIS_URL, TENANT, Pool, run_plain, user
 from tests.plain import plain_arq
-from tests.test_pool_e2e import run_plain
 
 VALID: dict[str, Any] = {"model": "fast", "messages": user(), "tenant_id": TENANT}
 JSON_VALUES = st.recursive(

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ErrorCode, ErrorReply, OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
 
 RPM_TENANT, TPM_TENANT, BUDGET_TENANT = (str(uuid.uuid4()) for _ in range(3))
 LIMITS = f"""

@@ -13,8 +13,8 @@ import redis
 import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
-from tests.conftest import Pool
 from tests.helpers import (
+    Pool,
     acl_worker_url,
     assert_workers_serving,
     final_events,
