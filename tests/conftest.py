@@ -1,12 +1,19 @@
-"""Shared fixtures: the real Redis, the fake provider process, and worker processes.
+"""Shared fixtures: the real Redis, the fake provider process, worker processes, and the in-process
+worker of the fast tier.
 
-The end-to-end tests run against a pool started exactly as an operator would start one (the
-Procfile's command), with a key prefix of its own so several runs can share one Redis.
+The end-to-end tests (marker ``e2e``) run against a pool started exactly as an operator would start
+one (the Procfile's command), with a key prefix of its own so several runs can share one Redis. The
+other tests (``make test-fast``) run in this process only: a test not marked ``e2e`` that starts a
+Python interpreter or a redis-server fails (``SubprocessOutsideE2E``), so the tiers cannot drift.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +22,64 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.testing.cluster import FakeProviderProcess
 from tests.helpers import ALLOWED_CHANNELS, REDIS_URL, Pool
+
+# --- the fast tier's guard ----------------------------------------------------------------------
+
+
+class SubprocessOutsideE2E(RuntimeError):
+    """A test not marked ``e2e`` started a worker, provider, Python or redis-server process."""
+
+
+# The test running now, while it is not marked e2e (set around its setup, call and teardown).
+_fast_test: list[str] = []
+_popen_init: Callable[..., None] = subprocess.Popen.__init__
+
+
+def _pool_program(args: Any) -> str | None:
+    """The program ``Popen(args)`` starts if only end-to-end tests may start it: a Python
+    interpreter (a worker, the fake provider, a CLI) or a redis-server (a private server, a
+    Sentinel); else None."""
+    argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+    if not argv:
+        return None
+    program = os.fsdecode(argv[0])
+    name = os.path.basename(program)
+    if program == sys.executable or name.startswith(("python", "redis-server")):
+        return program
+    return None
+
+
+def _guarded_popen_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+    program = _pool_program(args) if _fast_test else None
+    if program is not None:
+        raise SubprocessOutsideE2E(
+            f"{_fast_test[0]} starts {program!r} but is not marked e2e: "
+            "mark it (pytestmark = pytest.mark.e2e) or keep it in-process"
+        )
+    _popen_init(self, args, *rest, **options)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    subprocess.Popen.__init__ = _guarded_popen_init  # type: ignore[method-assign]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    subprocess.Popen.__init__ = _popen_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    if item.get_closest_marker("e2e") is None:
+        _fast_test.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _fast_test.clear()
+
+
+# --- fixtures -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,15 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
 from tests.helpers import REDIS_URL, Pool, user
+
+pytestmark = pytest.mark.e2e
 
 
 def cli(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:

@@ -36,6 +36,8 @@ from tests.helpers import (
 )
 from tests.plain import Listener, plain_arq
 
+pytestmark = pytest.mark.e2e
+
 TEN_MINUTES_MS = 600_000
 
 

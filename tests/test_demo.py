@@ -10,6 +10,8 @@ import pytest
 
 from llm_pool.testing.cluster import ROOT
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.timeout(240)
 def test_demo_streams_an_offline_answer_and_says_so() -> None:

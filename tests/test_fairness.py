@@ -21,6 +21,8 @@ from llm_pool.schemas import ChunkEvent, OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
 from tests.helpers import REDIS_URL, Pool, user
 
+pytestmark = pytest.mark.e2e
+
 BACKLOG = 5000
 SLOTS_PER_WORKER = 5
 HEAVY, LIGHT, CAPPED = (str(uuid.uuid4()) for _ in range(3))

@@ -14,6 +14,8 @@ from llm_pool.schemas import ErrorReply, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, WorkerProcess, free_port
 from tests.helpers import REDIS_URL, Pool, user
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def mpool(

@@ -33,6 +33,8 @@ from tests.helpers import (
 )
 from tests.plain import Listener, plain_arq
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.parametrize("function", ["complete", "complete_stream"])
 async def test_arq_result_keeps_the_reply_but_not_the_prompt(pool: Pool, function: str) -> None:

@@ -33,6 +33,8 @@ from tests.helpers import (
 )
 from tests.plain import Listener, plain_arq
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def epool(tmp_path_factory: pytest.TempPathFactory, provider: FakeProviderProcess) -> Iterator[Pool]:

@@ -21,6 +21,8 @@ from llm_pool.testing.cluster import DEPLOYMENTS
 from tests.helpers import REDIS_URL, TENANT, WEATHER_TOOL, Pool, decode, fail_group, run_plain, user
 from tests.plain import Listener, plain_arq
 
+pytestmark = pytest.mark.e2e
+
 EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
 FAST_MODELS = {model for group, _, model in DEPLOYMENTS if group == "fast"}
 QUALITY_MODELS = {model for group, _, model in DEPLOYMENTS if group == "quality"}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -30,6 +31,8 @@ from tests.helpers import (
     worker_state,
 )
 from tests.plain import Listener, plain_arq
+
+pytestmark = pytest.mark.e2e
 
 
 async def test_refused_decr_still_ends_both_requests(tmp_path: Path, provider: FakeProviderProcess) -> None:

@@ -20,6 +20,8 @@ from llm_pool.settings import load_settings
 from llm_pool.testing.cluster import FakeProviderProcess, RedisServer, free_port
 from tests.helpers import TENANT, Pool, user
 
+pytestmark = pytest.mark.e2e
+
 
 def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     """A self-signed CA, and a certificate it signed for 127.0.0.1: (ca.crt, server.crt, server.key)."""

@@ -7,6 +7,7 @@ import subprocess
 import time
 import uuid
 
+import pytest
 import redis
 
 from llm_pool.client import LLMPool
@@ -24,6 +25,8 @@ from tests.helpers import (
     sync_pttl,
     user,
 )
+
+pytestmark = pytest.mark.e2e
 
 
 def heartbeat(redis_sync: redis.Redis, pool: Pool, worker_id: str) -> Heartbeat | None:
