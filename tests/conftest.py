@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.testing.cluster import FakeProviderProcess
 from tests.helpers import ALLOWED_CHANNELS, REDIS_URL, Pool
+from tests.support.inprocess import InProcessWorker, mock_settings
 
 # --- the fast tier's guard ----------------------------------------------------------------------
 
@@ -131,4 +133,23 @@ async def client(pool: Pool) -> AsyncIterator[LLMPool]:
 async def aredis() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(REDIS_URL)
     yield client
+    await client.aclose()
+
+
+# --- the fast tier ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def inproc() -> AsyncIterator[InProcessWorker]:
+    """The worker's state built by its own start-up hook in this process, over ``MOCK_GROUPS``
+    (tests/support/inprocess.py), under a key prefix of its own."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    worker = InProcessWorker(mock_settings(f"t{uuid.uuid4().hex[:10]}"), client)
+    await worker.start()
+    yield worker
+    await worker.stop()
+    prefix = worker.settings.redis.key_prefix
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
     await client.aclose()
