@@ -21,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
+from llm_pool.keys import Keys
 from llm_pool.testing.cluster import FakeProviderProcess
 from tests.helpers import ALLOWED_CHANNELS, REDIS_URL, Pool
 from tests.support.inprocess import InProcessWorker, mock_settings
@@ -153,3 +154,13 @@ async def inproc() -> AsyncIterator[InProcessWorker]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture
+async def scratch_keys(aredis: aioredis.Redis) -> AsyncIterator[Keys]:
+    """Key names under a prefix of the test's own on the shared Redis, deleted afterwards."""
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    yield keys
+    names = [key async for key in aredis.scan_iter(match=f"{keys.prefix}:*", count=1000)]
+    if names:
+        await aredis.delete(*names)

@@ -315,6 +315,16 @@ def private_redis(config: dict[str, str] | None = None) -> Iterator[RedisServer]
         server.stop()
 
 
+async def kill_clients_named(client: aioredis.Redis, name: str) -> int:
+    """``CLIENT KILL`` every connection named ``name`` (redis-py's ``client_name``), as a network
+    failure would drop them; how many there were."""
+    killed = 0
+    for entry in await client.client_list():
+        if entry.get("name") == name:
+            killed += int(await client.client_kill_filter(_id=entry["id"]))
+    return killed
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
