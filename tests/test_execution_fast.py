@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import pytest
 
@@ -68,7 +69,7 @@ async def test_complete_writes_the_reply_once_and_publishes_only_the_final_event
     again = await inproc.execute(request(tenant_id=tenant, metadata={"conv": "c2"}), request_id=request_id)
     assert again["metadata"] == {"conv": "c2"}
     assert await stored_reply(inproc, request_id) == reply
-    ledger = await inproc.redis.hgetall(inproc.state.keys.usage(tenant))
+    ledger = await cast(Awaitable[dict[bytes, bytes]], inproc.redis.hgetall(inproc.state.keys.usage(tenant)))
     assert int(ledger[b"requests"]) == 1
     assert int(ledger[b"completion_tokens"]) == usage["completion_tokens"]
 

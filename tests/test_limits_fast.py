@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -74,9 +76,9 @@ async def test_daily_budget(aredis: aioredis.Redis, scratch_keys: Keys) -> None:
     limiter = Limiter(aredis, scratch_keys)
     limits = TenantLimits(daily_budget_usd=0.5)
     ledger = scratch_keys.usage(who)
-    await aredis.hset(ledger, "cost_usd", "0.49")
+    await cast(Awaitable[int], aredis.hset(ledger, "cost_usd", "0.49"))
     assert await limiter.admit(who, limits) is None
-    await aredis.hincrbyfloat(ledger, "cost_usd", 0.01)
+    await cast(Awaitable[float], aredis.hincrbyfloat(ledger, "cost_usd", 0.01))
     refusal = await limiter.admit(who, limits)
     assert refusal is not None
     assert (refusal.limit, refusal.allowed) == ("daily_budget_usd", 0.5)

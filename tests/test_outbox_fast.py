@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
+from typing import cast
 
 import pytest
 import redis
@@ -58,7 +60,7 @@ async def test_two_interleaved_streams_keep_their_order_across_batches(
                 outbox.finish(final_for(scratch_keys, "a", TENANT_A, "alpha")),
                 outbox.finish(final_for(scratch_keys, "b", TENANT_B, "beta")),
             )
-            assert results == [WRITTEN, WRITTEN]
+            assert results == (WRITTEN, WRITTEN)
             for listener, request_id in ((a, "a"), (b, "b")):
                 events = await listener.until_final(timeout_s=5)
                 assert [e.get("seq") for e in events[:-1]] == list(range(40))
@@ -67,7 +69,7 @@ async def test_two_interleaved_streams_keep_their_order_across_batches(
         await outbox.close()
     assert json.loads(await aredis.get(scratch_keys.reply("a")) or b"{}")["content"] == "alpha"
     assert 0 < await aredis.ttl(scratch_keys.reply("b")) <= 60
-    ledger = await aredis.hgetall(scratch_keys.usage(TENANT_B))
+    ledger = await cast(Awaitable[dict[bytes, bytes]], aredis.hgetall(scratch_keys.usage(TENANT_B)))
     assert ledger == {
         b"requests": b"1",
         b"prompt_tokens": b"3",
@@ -92,7 +94,8 @@ async def test_a_second_final_writes_and_publishes_nothing(
     finally:
         await outbox.close()
     assert json.loads(await aredis.get(scratch_keys.reply("r")) or b"{}")["content"] == "first"
-    assert await aredis.hget(scratch_keys.usage(TENANT_A), "requests") == b"1"
+    requests = cast(Awaitable[bytes | None], aredis.hget(scratch_keys.usage(TENANT_A), "requests"))
+    assert await requests == b"1"
 
 
 async def test_a_final_write_waits_for_redis_and_fails_only_when_the_outbox_closes(
