@@ -60,7 +60,7 @@ async def test_two_interleaved_streams_keep_their_order_across_batches(
                 outbox.finish(final_for(scratch_keys, "a", TENANT_A, "alpha")),
                 outbox.finish(final_for(scratch_keys, "b", TENANT_B, "beta")),
             )
-            assert results == (WRITTEN, WRITTEN)
+            assert list(results) == [WRITTEN, WRITTEN]
             for listener, request_id in ((a, "a"), (b, "b")):
                 events = await listener.until_final(timeout_s=5)
                 assert [e.get("seq") for e in events[:-1]] == list(range(40))
