@@ -349,9 +349,58 @@ def generate(count: int, strategy: st.SearchStrategy[Any]) -> list[Any]:
     return found
 
 
+def near_misses(limits: Limits) -> st.SearchStrategy[dict[str, Any]]:
+    """Valid requests with one value just outside a rule of contract section 1.2: a limit crossed
+    by a little, a near-right spelling, a field one level down that does not exist."""
+    over = st.floats(min_value=1e-6, max_value=10)
+    below_zero = st.floats(max_value=0, exclude_max=True, allow_infinity=False, allow_nan=False)
+    tool = {"type": "function", "function": {"name": "lookup"}}
+    message = {"role": "user", "content": "hi"}
+    name_chars = st.characters(exclude_characters="".join(TOOL_NAME_CHARS), exclude_categories=["Cs"])
+    changes: list[st.SearchStrategy[dict[str, Any]]] = [
+        st.builds(lambda x: {"model": "fast" + x}, st.text(min_size=1, max_size=3)),
+        st.just({"model": "f" * 129}),
+        st.just({"messages": []}),
+        st.just({"messages": [message] * (limits.max_messages + 1)}),
+        st.sampled_from(["User", "function", "developer", ""]).map(
+            lambda r: {"messages": [{"role": r, "content": "hi"}]}
+        ),
+        st.sampled_from([["hi"], [{"text": "hi"}], [{"type": 1}]]).map(
+            lambda c: {"messages": [{"role": "user", "content": c}]}
+        ),
+        st.just({"messages": [{**message, "weight": 1}]}),
+        st.just({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]}),
+        st.sampled_from(["acme", TENANT + "0", TENANT[:-1]]).map(lambda t: {"tenant_id": t}),
+        st.just({"tools": [tool] * (limits.max_tools + 1)}),
+        st.just({"tools": [{"type": "function", "function": {"name": "x" * 65}}]}),
+        name_chars.map(lambda c: {"tools": [{"type": "function", "function": {"name": f"look{c}up"}}]}),
+        st.just({"tools": [{"type": "function", "function": {"name": "f", "returns": {}}}]}),
+        st.just({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+        st.sampled_from(["any", "None", {"type": "function"}]).map(lambda c: {"tool_choice": c}),
+        st.just({"channel": ""}),
+        st.just({"channel": "ws:" + "x" * 510}),
+        st.sampled_from(["WS:1", "other:stream:1", " ws:1"]).map(lambda c: {"channel": c}),
+        over.map(lambda x: {"params": {"temperature": 2 + x}}),
+        below_zero.map(lambda x: {"params": {"temperature": x}}),
+        over.map(lambda x: {"params": {"top_p": 1 + x}}),
+        st.sampled_from([0, -1, 1.5, True, "5"]).map(lambda v: {"params": {"max_tokens": v}}),
+        st.sampled_from([1.5, "1", True]).map(lambda v: {"params": {"seed": v}}),
+        st.sampled_from([[1], ["a", None], 3]).map(lambda v: {"params": {"stop": v}}),
+        st.sampled_from(["json", ["json"]]).map(lambda v: {"params": {"response_format": v}}),
+        st.sampled_from(["frequency_penalty", "logit_bias", "n"]).map(lambda k: {"params": {k: 1}}),
+        st.sampled_from([0, "5", True]).map(lambda v: {"timeout_s": v}),
+        below_zero.map(lambda v: {"timeout_s": v}),
+        over.map(lambda x: {"timeout_s": limits.max_timeout_s + x}),
+        st.sampled_from([{"k": 1}, {"k": ["v"]}, {"k": True}, ["k"]]).map(lambda m: {"metadata": m}),
+    ]
+    return st.one_of(changes).map(lambda change: {**VALID, **change})
+
+
 def refused(limits: Limits) -> st.SearchStrategy[Any]:
-    """Malformed payloads that the oracle refuses."""
-    return malformed().filter(lambda payload: contract_violation(payload, limits) is not None)
+    """Malformed payloads and near misses that the oracle refuses."""
+    return (malformed() | near_misses(limits)).filter(
+        lambda payload: contract_violation(payload, limits) is not None
+    )
 
 
 @pytest.mark.e2e
@@ -440,6 +489,14 @@ async def test_the_worker_accepts_what_the_contract_accepts(inproc: InProcessWor
         if reply["status"] != "ok":
             refused_by_the_worker.append((payload, reply))
     assert refused_by_the_worker == [], f"{len(refused_by_the_worker)}: {refused_by_the_worker[:3]}"
+
+
+def test_every_near_miss_breaks_a_rule() -> None:
+    limits = Limits(
+        frozenset({"fast"}), ("p:stream:*", "ws:*"), max_messages=3, max_tools=2, max_timeout_s=60
+    )
+    for payload in generate(200, near_misses(limits)):
+        assert contract_violation(payload, limits) is not None, payload
 
 
 def test_the_oracle_names_the_rule() -> None:
