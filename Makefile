@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run demo test lint redis bench bench-quick chaos clean
+.PHONY: setup run demo test test-fast lint redis bench bench-quick chaos clean
 
 $(STAMP): requirements.lock constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: setup redis
 
 test: setup redis
 	$(BIN)/python -m pytest -q
+
+# In-process tests only (no worker, provider or redis-server processes): under a minute.
+test-fast: setup redis
+	$(BIN)/python -m pytest -q -m "not e2e"
 
 lint: setup
 	$(BIN)/ruff check .

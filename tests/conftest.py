@@ -1,19 +1,20 @@
-"""Shared fixtures: the real Redis, the fake provider process, and worker processes.
+"""Shared fixtures: the real Redis, the fake provider process, worker processes, and the in-process
+worker of the fast tier.
 
-The end-to-end tests run against a pool started exactly as an operator would start one (the
-Procfile's command), with a key prefix of its own so several runs can share one Redis.
+The end-to-end tests (marker ``e2e``) run against a pool started exactly as an operator would start
+one (the Procfile's command), with a key prefix of its own so several runs can share one Redis. The
+other tests (``make test-fast``) run in this process only: a test not marked ``e2e`` that starts a
+Python interpreter or a redis-server fails (``SubprocessOutsideE2E``), so the tiers cannot drift.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -21,90 +22,67 @@ import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
-from llm_pool.settings import Settings, load_settings
-from llm_pool.testing.cluster import (
-    DEPLOYMENTS,
-    ROOT,
-    FakeProviderProcess,
-    WorkerProcess,
-    settings_toml,
-    worker_env,
-)
+from llm_pool.testing.cluster import FakeProviderProcess
+from tests.helpers import ALLOWED_CHANNELS, REDIS_URL, Pool
+from tests.support.inprocess import InProcessWorker, mock_settings
 
-# What an operator whose WebSocket handlers listen on channels of their own would set.
-ALLOWED_CHANNELS = ["{prefix}:stream:*", "ws:*"]
-
-REDIS_URL = os.environ.get("LLM_POOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-# Planted secrets: the logs, replies and heartbeats must never contain them.
-SECRETS = {
-    "OPENAI_API_KEY": "sk-planted-openai-" + uuid.uuid4().hex,
-    "ANTHROPIC_API_KEY": "sk-ant-planted-" + uuid.uuid4().hex,
-}
+# --- the fast tier's guard ----------------------------------------------------------------------
 
 
-class Pool:
-    """The pool under test: its settings, keys, provider and workers."""
+class SubprocessOutsideE2E(RuntimeError):
+    """A test not marked ``e2e`` started a worker, provider, Python or redis-server process."""
 
-    def __init__(
-        self,
-        tmp: Path,
-        provider: FakeProviderProcess,
-        worker: dict[str, Any] | None = None,
-        redis_url: str = REDIS_URL,
-        router: dict[str, Any] | None = None,
-        extra: str = "",
-        deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
-        redis_options: dict[str, Any] | None = None,
-    ) -> None:
-        self.prefix = f"t{uuid.uuid4().hex[:10]}"
-        self.keys = Keys(self.prefix)
-        self.provider = provider
-        self.tmp = tmp
-        self.redis_url = redis_url
-        self.settings_path = tmp / "settings.toml"
-        self.settings_path.write_text(
-            settings_toml(
-                provider,
-                self.prefix,
-                redis_url,
-                worker=worker,
-                router=router,
-                deployments=deployments,
-                extra=extra,
-                redis_options=redis_options,
-            )
+
+# The test running now, while it is not marked e2e (set around its setup, call and teardown).
+_fast_test: list[str] = []
+_popen_init: Callable[..., None] = subprocess.Popen.__init__
+
+
+def _pool_program(args: Any) -> str | None:
+    """The program ``Popen(args)`` starts if only end-to-end tests may start it: a Python
+    interpreter (a worker, the fake provider, a CLI) or a redis-server (a private server, a
+    Sentinel); else None."""
+    argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+    if not argv:
+        return None
+    program = os.fsdecode(argv[0])
+    name = os.path.basename(program)
+    if program == sys.executable or name.startswith(("python", "redis-server")):
+        return program
+    return None
+
+
+def _guarded_popen_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+    program = _pool_program(args) if _fast_test else None
+    if program is not None:
+        raise SubprocessOutsideE2E(
+            f"{_fast_test[0]} starts {program!r} but is not marked e2e: "
+            "mark it (pytestmark = pytest.mark.e2e) or keep it in-process"
         )
-        self.env = worker_env(self.settings_path, SECRETS)
-        self.settings: Settings = load_settings(self.settings_path, environ={})
-        self.workers: list[WorkerProcess] = []
+    _popen_init(self, args, *rest, **options)
 
-    def start_worker(self, worker_id: str | None = None) -> WorkerProcess:
-        worker = WorkerProcess(worker_id or f"w-{uuid.uuid4().hex[:6]}", self.env, self.tmp)
-        self.workers.append(worker)
-        return worker
 
-    def wait_ready(self, *workers: WorkerProcess) -> None:
-        for worker in workers:
-            worker.wait_ready(self.redis_url, self.keys.heartbeat(worker.worker_id))
+def pytest_configure(config: pytest.Config) -> None:
+    subprocess.Popen.__init__ = _guarded_popen_init  # type: ignore[method-assign]
 
-    def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
 
-    def run_module(self, module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        """``python -m MODULE ARGS`` as an operator would run it against this pool."""
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            env={**self.env, "REDIS_URL": self.redis_url, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+def pytest_unconfigure(config: pytest.Config) -> None:
+    subprocess.Popen.__init__ = _popen_init  # type: ignore[method-assign]
 
-    def logs(self) -> str:
-        return "".join(w.log_path.read_text(errors="replace") for w in self.workers)
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    if item.get_closest_marker("e2e") is None:
+        _fast_test.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _fast_test.clear()
+
+
+# --- fixtures -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -159,24 +137,30 @@ async def aredis() -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-TENANT = str(uuid.uuid4())
+# --- the fast tier ----------------------------------------------------------------------------------
 
 
-def sync_get(client: redis.Redis, key: str) -> bytes | None:
-    """redis-py's sync client typed for what it returns here (its stubs say "maybe awaitable")."""
-    return cast(bytes | None, client.get(key))
+@pytest.fixture(scope="session")
+async def inproc() -> AsyncIterator[InProcessWorker]:
+    """The worker's state built by its own start-up hook in this process, over ``MOCK_GROUPS``
+    (tests/support/inprocess.py), under a key prefix of its own."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    worker = InProcessWorker(mock_settings(f"t{uuid.uuid4().hex[:10]}"), client)
+    await worker.start()
+    yield worker
+    await worker.stop()
+    prefix = worker.settings.redis.key_prefix
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
 
 
-def sync_pttl(client: redis.Redis, key: str) -> int:
-    return cast(int, client.pttl(key))
-
-
-def user(text: str = "hello there friend") -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
-
-def decode(raw: bytes | str | None) -> dict[str, Any]:
-    assert raw is not None
-    value = json.loads(raw)
-    assert isinstance(value, dict)
-    return value
+@pytest.fixture
+async def scratch_keys(aredis: aioredis.Redis) -> AsyncIterator[Keys]:
+    """Key names under a prefix of the test's own on the shared Redis, deleted afterwards."""
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    yield keys
+    names = [key async for key in aredis.scan_iter(match=f"{keys.prefix}:*", count=1000)]
+    if names:
+        await aredis.delete(*names)

@@ -1,10 +1,14 @@
-"""Small helpers for end-to-end tests that talk to the pool from outside, as a foreign program would:
-crafted arq envelopes written with redis-py, private pools and private Redis servers."""
+"""Shared code of the end-to-end tests (fixtures stay in conftest.py): the pool under test, and
+helpers that talk to it from outside, as a foreign program would: crafted arq envelopes written
+with redis-py, private pools and private Redis servers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,12 +19,161 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aioredis
 
-from llm_pool.testing.cluster import FakeProviderProcess, RedisServer, free_port
-from tests.conftest import REDIS_URL, TENANT, Pool
-from tests.plain import Listener
+from llm_pool.keys import Keys
+from llm_pool.settings import Settings, load_settings
+from llm_pool.testing.cluster import (
+    DEPLOYMENTS,
+    ROOT,
+    FakeProviderProcess,
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    settings_toml,
+    worker_env,
+)
+from tests.plain import Listener, plain_arq
+
+# What an operator whose WebSocket handlers listen on channels of their own would set.
+ALLOWED_CHANNELS = ["{prefix}:stream:*", "ws:*"]
+
+REDIS_URL = os.environ.get("LLM_POOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Planted secrets: the logs, replies and heartbeats must never contain them.
+SECRETS = {
+    "OPENAI_API_KEY": "sk-planted-openai-" + uuid.uuid4().hex,
+    "ANTHROPIC_API_KEY": "sk-ant-planted-" + uuid.uuid4().hex,
+}
+
+
+class Pool:
+    """The pool under test: its settings, keys, provider and workers."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        provider: FakeProviderProcess,
+        worker: dict[str, Any] | None = None,
+        redis_url: str = REDIS_URL,
+        router: dict[str, Any] | None = None,
+        extra: str = "",
+        deployments: tuple[tuple[str, str, str], ...] = DEPLOYMENTS,
+        redis_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.keys = Keys(self.prefix)
+        self.provider = provider
+        self.tmp = tmp
+        self.redis_url = redis_url
+        self.settings_path = tmp / "settings.toml"
+        self.settings_path.write_text(
+            settings_toml(
+                provider,
+                self.prefix,
+                redis_url,
+                worker=worker,
+                router=router,
+                deployments=deployments,
+                extra=extra,
+                redis_options=redis_options,
+            )
+        )
+        self.env = worker_env(self.settings_path, SECRETS)
+        self.settings: Settings = load_settings(self.settings_path, environ={})
+        self.workers: list[WorkerProcess] = []
+
+    def start_worker(self, worker_id: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(worker_id or f"w-{uuid.uuid4().hex[:6]}", self.env, self.tmp)
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, *workers: WorkerProcess) -> None:
+        for worker in workers:
+            worker.wait_ready(self.redis_url, self.keys.heartbeat(worker.worker_id))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def run_module(self, module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``python -m MODULE ARGS`` as an operator would run it against this pool."""
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env={**self.env, "REDIS_URL": self.redis_url, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    def logs(self) -> str:
+        return "".join(w.log_path.read_text(errors="replace") for w in self.workers)
+
+
+TENANT = str(uuid.uuid4())
+
+
+def sync_get(client: redis.Redis, key: str) -> bytes | None:
+    """redis-py's sync client typed for what it returns here (its stubs say "maybe awaitable")."""
+    return cast(bytes | None, client.get(key))
+
+
+def sync_pttl(client: redis.Redis, key: str) -> int:
+    return cast(int, client.pttl(key))
+
+
+def user(text: str = "hello there friend") -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def decode(raw: bytes | str | None) -> dict[str, Any]:
+    assert raw is not None
+    value = json.loads(raw)
+    assert isinstance(value, dict)
+    return value
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def fail_group(pool: Pool, group: str, fault: str = "500") -> None:
+    pool.provider.configure_deployments(DEPLOYMENTS, group, fault=fault)
+
+
+async def run_plain(
+    pool: Pool, function: str, payload: Any, channel: str | None = None, request_id: str | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Enqueue with plain arq, listen with plain redis-py, return (reply key, channel events)."""
+    request_id = request_id or uuid.uuid4().hex
+    channel = channel or pool.keys.stream(request_id)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    arq = await plain_arq(REDIS_URL, pool.keys.queue)
+    try:
+        async with Listener(client, channel) as listener:
+            job = await arq.enqueue_job(function, payload, _job_id=request_id)
+            assert job is not None
+            events = await listener.until_final()
+            reply = decode(await client.get(pool.keys.reply(request_id)))
+            assert await listener.quiet_for(0.3) == [], "nothing may follow the final event"
+    finally:
+        await arq.aclose()
+        await client.aclose()
+    return reply, events
+
 
 JOB_PREFIX = b"arq:job:"
 ARQ_PREFIXES = (JOB_PREFIX, b"arq:in-progress:", b"arq:result:", b"arq:retry:")
+
+
+def request(**overrides: Any) -> dict[str, Any]:
+    """A valid request object for the ``quality`` group, with fields replaced or added."""
+    return {"model": "quality", "messages": user(), "tenant_id": TENANT, **overrides}
 
 
 def request_json(**overrides: Any) -> str:
@@ -165,6 +318,16 @@ def private_redis(config: dict[str, str] | None = None) -> Iterator[RedisServer]
         yield server
     finally:
         server.stop()
+
+
+async def kill_clients_named(client: aioredis.Redis, name: str) -> int:
+    """``CLIENT KILL`` every connection named ``name`` (redis-py's ``client_name``), as a network
+    failure would drop them; how many there were."""
+    killed = 0
+    for entry in await client.client_list():
+        if entry.get("name") == name:
+            killed += int(await client.client_kill_filter(_id=entry["id"]))
+    return killed
 
 
 def new_id() -> str:

@@ -8,6 +8,8 @@ import pytest
 
 from bench.chaos import run_chaos
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 @pytest.mark.timeout(300)

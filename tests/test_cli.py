@@ -9,13 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import REDIS_URL, Pool, user
-from tests.test_pool_e2e import fail_group, request, run_plain
+from tests.helpers import REDIS_URL, Pool, fail_group, request, run_plain, user
+
+pytestmark = pytest.mark.e2e
 
 
 def cli(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from llm_pool.cli import parser
 from llm_pool.client import LLMPool
 from llm_pool.connections import masked_url
 from llm_pool.testing.cluster import FakeProviderProcess, free_port
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
 
 # Every subcommand with the arguments it needs.
 COMMANDS = {

@@ -20,7 +20,7 @@ import llm_pool
 import llm_pool.client
 from llm_pool import LLMPool, OkReply, PoolUnavailable, ReplyTimeout, RequestOptions, Usage
 from llm_pool.testing.cluster import DEPLOYMENTS, ROOT, FakeProviderProcess, free_port
-from tests.conftest import REDIS_URL, TENANT, Pool, user
+from tests.helpers import REDIS_URL, TENANT, Pool, user
 
 PUBLIC = ["cancel", "close", "complete", "keys", "reply", "stream", "submit", "wait"]
 

@@ -32,7 +32,7 @@ from llm_pool.schemas import (
     Usage,
 )
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, RedisServer, free_port
-from tests.conftest import TENANT, Pool, user
+from tests.helpers import TENANT, Pool, user
 
 
 @pytest.fixture
@@ -196,6 +196,7 @@ def test_tracker_ignores_other_requests_and_garbage() -> None:
 # --- end to end ---------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kills", [1, 4])
 async def test_stream_survives_pubsub_kills(rpool: Pool, server: RedisServer, kills: int) -> None:
     start_worker(rpool, tokens=300, token_delay_ms=5)
@@ -231,6 +232,7 @@ async def test_stream_survives_pubsub_kills(rpool: Pool, server: RedisServer, ki
     print(f"{kills} kill(s): {len(text)} chars, {recovered} recovered from the reply key, {elapsed:.2f} s")
 
 
+@pytest.mark.e2e
 async def test_stream_missing_its_final_event_reads_the_reply_at_once(
     rpool: Pool, server: RedisServer
 ) -> None:
@@ -254,6 +256,7 @@ async def test_stream_missing_its_final_event_reads_the_reply_at_once(
     print(f"final event missed: {len(text)} chars, stream ended {elapsed * 1000:.0f} ms after the stall")
 
 
+@pytest.mark.e2e
 async def test_complete_missing_its_final_event_reads_the_reply_at_once(
     rpool: Pool, server: RedisServer
 ) -> None:
@@ -287,6 +290,7 @@ def foreign_warnings(logs: Sequence[MutableMapping[str, Any]]) -> list[MutableMa
     return [entry for entry in logs if entry["event"] == "foreign_events_ignored"]
 
 
+@pytest.mark.e2e
 async def test_events_of_another_request_are_ignored(rpool: Pool, server: RedisServer) -> None:
     start_worker(rpool, tokens=20, token_delay_ms=40)
     injector = aioredis.Redis.from_url(server.url)
@@ -322,6 +326,7 @@ async def test_events_of_another_request_are_ignored(rpool: Pool, server: RedisS
         await injector.aclose()
 
 
+@pytest.mark.e2e
 async def test_refused_subscription_fails_fast_and_only_that_request(
     rpool: Pool, server: RedisServer
 ) -> None:
@@ -370,6 +375,7 @@ async def test_refused_subscription_fails_fast_and_only_that_request(
     print(f"refused SUBSCRIBE raised after {elapsed:.3f} s: {caught.value}")
 
 
+@pytest.mark.e2e
 async def test_redis_not_listening_raises_pool_unavailable(rpool: Pool) -> None:
     port = free_port()
     url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
@@ -391,6 +397,7 @@ async def test_redis_not_listening_raises_pool_unavailable(rpool: Pool) -> None:
     print(caught.value)
 
 
+@pytest.mark.e2e
 async def test_redis_lost_while_waiting_raises_at_the_budget(rpool: Pool, server: RedisServer) -> None:
     async with LLMPool(rpool.settings, redis_url=server.url) as client:
         request_id = await client.submit("fast", user(), TENANT)  # no worker: it stays queued
@@ -406,6 +413,7 @@ async def test_redis_lost_while_waiting_raises_at_the_budget(rpool: Pool, server
     print(f"after {elapsed:.1f} s: {caught.value}")
 
 
+@pytest.mark.e2e
 async def test_reply_timeout_says_what_it_saw(rpool: Pool, server: RedisServer) -> None:
     async with LLMPool(rpool.settings, redis_url=server.url) as client:
         request_id = await client.submit("fast", user(), TENANT)  # no worker

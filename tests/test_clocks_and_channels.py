@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
-from tests.conftest import Pool
 from tests.helpers import (
+    Pool,
     assert_workers_serving,
     envelope,
     final_events,
@@ -35,6 +35,8 @@ from tests.helpers import (
     worker_state,
 )
 from tests.plain import Listener, plain_arq
+
+pytestmark = pytest.mark.e2e
 
 TEN_MINUTES_MS = 600_000
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_pool.testing.cluster import free_port
-from tests.conftest import REDIS_URL
+from tests.helpers import REDIS_URL
 
 # What a developer's shell may hold: none of it may reach the demo's worker.
 JUNK = {
@@ -34,6 +34,9 @@ def demo(tmp_path: Path, *args: str, timeout_s: float = 220) -> subprocess.Compl
         timeout=timeout_s,
         check=False,
     )
+
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.timeout(240)

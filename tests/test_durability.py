@@ -11,13 +11,15 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.testing.cluster import FakeProviderProcess, RedisServer, free_port
-from tests.conftest import Pool, user
-from tests.helpers import private_redis
+from tests.helpers import Pool, private_redis, user
 from tests.plain import plain_arq
+
+pytestmark = pytest.mark.e2e
 
 AOF = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
 

@@ -42,7 +42,7 @@ from llm_pool.testing.cluster import (
     SentinelServer,
     free_port,
 )
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
 from worker.metrics import Metrics
 from worker.outbox import WRITTEN, Final, LedgerEntry, Outbox
 
@@ -155,6 +155,7 @@ def link_up(server: RedisServer) -> bool:
         client.close()
 
 
+@pytest.mark.e2e
 async def test_a_connection_left_on_a_demoted_primary_finds_the_new_one(tmp_path: Path) -> None:
     """Clients connected to a primary that becomes a replica get ``READONLY`` on their next write:
     redis-py's Sentinel-managed connection then disconnects and raises ``ConnectionError``, and the
@@ -616,6 +617,7 @@ def stream_text(events: list[dict[str, Any]]) -> tuple[str, bool]:
     return "".join(c["text"] for c in chunks), contiguous
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(180)
 async def test_pool_rides_through_a_primary_failover(tmp_path: Path, provider: FakeProviderProcess) -> None:
     """SIGKILL the primary with requests in flight: Sentinel promotes a replica, and workers,

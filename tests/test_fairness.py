@@ -19,7 +19,9 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ChunkEvent, OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
+
+pytestmark = pytest.mark.e2e
 
 BACKLOG = 5000
 SLOTS_PER_WORKER = 5

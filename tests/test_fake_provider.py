@@ -324,6 +324,7 @@ async def test_same_loop_server() -> None:
         await server.close()
 
 
+@pytest.mark.e2e
 def test_cli_entry_point() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llm_pool.testing.cluster import ROOT, clean_environment, worker_command
-from tests.conftest import REDIS_URL
+from tests.helpers import REDIS_URL
 
 # Run by the new virtualenv's Python: the whole pool from the installed package only.
 POOL_SCRIPT = textwrap.dedent(

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ErrorCode, ErrorReply, OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
 
 RPM_TENANT, TPM_TENANT, BUDGET_TENANT = (str(uuid.uuid4()) for _ in range(3))
 LIMITS = f"""
@@ -46,6 +46,7 @@ def same_minute(needed_s: float = 15) -> None:
         time.sleep(left + 0.5)
 
 
+@pytest.mark.e2e
 async def test_requests_per_minute(lpool: Pool) -> None:
     same_minute()
     async with LLMPool(lpool.settings, redis_url=REDIS_URL) as client:
@@ -56,6 +57,7 @@ async def test_requests_per_minute(lpool: Pool) -> None:
     assert "requests per minute" in refused.error.message and "resets at" in refused.error.message
 
 
+@pytest.mark.e2e
 async def test_tokens_per_minute(lpool: Pool) -> None:
     same_minute()
     async with LLMPool(lpool.settings, redis_url=REDIS_URL) as client:
@@ -67,6 +69,7 @@ async def test_tokens_per_minute(lpool: Pool) -> None:
     assert "tokens per minute" in refused.error.message
 
 
+@pytest.mark.e2e
 async def test_daily_budget(lpool: Pool) -> None:
     async with LLMPool(lpool.settings, redis_url=REDIS_URL) as client:
         for _ in range(20):  # Ollama answers cost nothing: go on until something was paid for
@@ -78,6 +81,7 @@ async def test_daily_budget(lpool: Pool) -> None:
     assert "daily cost budget" in refused.error.message and "T00:00:00" in refused.error.message
 
 
+@pytest.mark.e2e
 async def test_ledger_exact_under_concurrency(lpool: Pool, aredis: aioredis.Redis) -> None:
     tenant = str(uuid.uuid4())
     async with LLMPool(lpool.settings, redis_url=REDIS_URL) as client:

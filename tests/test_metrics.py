@@ -12,7 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ErrorReply, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, WorkerProcess, free_port
-from tests.conftest import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, user
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

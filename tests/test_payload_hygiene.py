@@ -14,8 +14,10 @@ from arq.jobs import Job
 
 from llm_pool import InvalidRequestError, LLMPool, OkReply
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import REDIS_URL, TENANT, Pool, user
 from tests.helpers import (
+    REDIS_URL,
+    TENANT,
+    Pool,
     envelope,
     final_events,
     forget_jobs,
@@ -26,9 +28,12 @@ from tests.helpers import (
     put_job,
     redis_now_ms,
     request_json,
+    user,
     worker_state,
 )
 from tests.plain import Listener, plain_arq
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("function", ["complete", "complete_stream"])

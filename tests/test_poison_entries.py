@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import FakeProviderProcess
-from tests.conftest import Pool
 from tests.helpers import (
     JOB_PREFIX,
+    Pool,
     assert_workers_serving,
     envelope,
     final_events,
@@ -32,6 +32,8 @@ from tests.helpers import (
     worker_state,
 )
 from tests.plain import Listener, plain_arq
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

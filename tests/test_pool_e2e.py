@@ -18,49 +18,24 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ChunkEvent, DoneEvent, ErrorCode, ErrorReply, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS
-from tests.conftest import REDIS_URL, TENANT, Pool, decode, user
+from tests.helpers import (
+    REDIS_URL,
+    TENANT,
+    WEATHER_TOOL,
+    Pool,
+    decode,
+    fail_group,
+    request,
+    run_plain,
+    user,
+)
 from tests.plain import Listener, plain_arq
+
+pytestmark = pytest.mark.e2e
 
 EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
 FAST_MODELS = {model for group, _, model in DEPLOYMENTS if group == "fast"}
 QUALITY_MODELS = {model for group, _, model in DEPLOYMENTS if group == "quality"}
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
-
-
-def fail_group(pool: Pool, group: str, fault: str = "500") -> None:
-    pool.provider.configure_deployments(DEPLOYMENTS, group, fault=fault)
-
-
-def request(**overrides: Any) -> dict[str, Any]:
-    return {"model": "quality", "messages": user(), "tenant_id": TENANT, **overrides}
-
-
-async def run_plain(
-    pool: Pool, function: str, payload: Any, channel: str | None = None, request_id: str | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Enqueue with plain arq, listen with plain redis-py, return (reply key, channel events)."""
-    request_id = request_id or uuid.uuid4().hex
-    channel = channel or pool.keys.stream(request_id)
-    client = aioredis.Redis.from_url(REDIS_URL)
-    arq = await plain_arq(REDIS_URL, pool.keys.queue)
-    try:
-        async with Listener(client, channel) as listener:
-            job = await arq.enqueue_job(function, payload, _job_id=request_id)
-            assert job is not None
-            events = await listener.until_final()
-            reply = decode(await client.get(pool.keys.reply(request_id)))
-            assert await listener.quiet_for(0.3) == [], "nothing may follow the final event"
-    finally:
-        await arq.aclose()
-        await client.aclose()
-    return reply, events
 
 
 async def test_complete_returns_text_and_real_usage(

@@ -23,7 +23,7 @@ from llm_pool.schemas import (
     final_event,
     to_json,
 )
-from tests.conftest import Pool, sync_get
+from tests.helpers import Pool, sync_get
 
 ROOT = Path(__file__).resolve().parents[1]
 

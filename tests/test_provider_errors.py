@@ -20,8 +20,7 @@ from llm_pool.router import Attempt, DeploymentInfo, PoolRouter, describe_attemp
 from llm_pool.schemas import ErrorEvent, ErrorReply
 from llm_pool.settings import RouterSection, load_settings
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, free_port
-from tests.conftest import REDIS_URL, SECRETS, TENANT, user
-from tests.helpers import own_pool
+from tests.helpers import REDIS_URL, SECRETS, TENANT, own_pool, user
 
 # The shipped [router] defaults (settings.toml), so the test measures what an operator gets.
 SHIPPED_ROUTER: dict[str, Any] = {

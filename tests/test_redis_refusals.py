@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
-from tests.conftest import Pool
 from tests.helpers import (
+    Pool,
     acl_worker_url,
     assert_workers_serving,
     final_events,
@@ -30,6 +31,8 @@ from tests.helpers import (
     worker_state,
 )
 from tests.plain import Listener, plain_arq
+
+pytestmark = pytest.mark.e2e
 
 
 async def test_refused_decr_still_ends_both_requests(tmp_path: Path, provider: FakeProviderProcess) -> None:

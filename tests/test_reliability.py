@@ -17,8 +17,10 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool, ReplyTimeout
 from llm_pool.schemas import ErrorCode, ErrorReply, Heartbeat, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, RedisServer, WorkerProcess
-from tests.conftest import REDIS_URL, TENANT, Pool, user
+from tests.helpers import REDIS_URL, TENANT, Pool, user
 from tests.plain import Listener
+
+pytestmark = pytest.mark.e2e
 
 FAST_RELIABILITY = {"job_lease_s": 2, "drain_grace_s": 8, "max_tries": 2, "poll_delay_s": 0.2}
 

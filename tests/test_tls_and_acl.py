@@ -18,7 +18,9 @@ from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
 from llm_pool.settings import load_settings
 from llm_pool.testing.cluster import FakeProviderProcess, RedisServer, free_port
-from tests.conftest import TENANT, Pool, user
+from tests.helpers import TENANT, Pool, user
+
+pytestmark = pytest.mark.e2e
 
 
 def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:

@@ -12,14 +12,16 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
-from tests.conftest import TENANT, Pool, user
-from tests.helpers import own_pool, private_redis, wait_for_key
+from tests.helpers import TENANT, Pool, own_pool, private_redis, user, wait_for_key
 from tests.plain import plain_arq
+
+pytestmark = pytest.mark.e2e
 
 SLOW_POLL = {"poll_delay_s": 3, "heartbeat_interval_s": 1}
 

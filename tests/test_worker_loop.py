@@ -21,8 +21,7 @@ from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import Heartbeat, OkReply
 from llm_pool.settings import Settings
-from tests.conftest import REDIS_URL, TENANT, user
-from tests.helpers import wait_for_key
+from tests.helpers import REDIS_URL, TENANT, user, wait_for_key
 from worker.heartbeat import HeartbeatTask, WorkerIdInUse
 from worker.leases import LeaseKeeper
 from worker.loop import PoolWorker, RedisUnreachable

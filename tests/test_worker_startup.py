@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from llm_pool.testing.cluster import WorkerProcess
-from tests.conftest import Pool
+from tests.helpers import Pool
 
 pytestmark = pytest.mark.e2e
 

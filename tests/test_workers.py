@@ -7,13 +7,26 @@ import subprocess
 import time
 import uuid
 
+import pytest
 import redis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import Heartbeat, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS
-from tests.conftest import REDIS_URL, SECRETS, TENANT, Pool, sync_get, sync_pttl, user
-from tests.test_pool_e2e import WEATHER_TOOL, fail_group, run_plain
+from tests.helpers import (
+    REDIS_URL,
+    SECRETS,
+    TENANT,
+    WEATHER_TOOL,
+    Pool,
+    fail_group,
+    run_plain,
+    sync_get,
+    sync_pttl,
+    user,
+)
+
+pytestmark = pytest.mark.e2e
 
 
 def heartbeat(redis_sync: redis.Redis, pool: Pool, worker_id: str) -> Heartbeat | None:

@@ -1,0 +1,1 @@
+"""Shared code of the fast (in-process) tests; fixtures stay in tests/conftest.py."""
