@@ -51,6 +51,8 @@ LITELLM_PARAMS_FILE = Path(__file__).resolve().parent / "litellm_params.txt"
 DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
 # Keys of a [[groups.NAME]] table that are the pool's own, not LiteLLM's.
 POOL_DEPLOYMENT_KEYS = frozenset({"api_key_env"})
+# Keys the Router hands on to LiteLLM's completion call that LiteLLM_Params does not list.
+COMPLETION_DEPLOYMENT_KEYS = frozenset({"mock_delay"})
 
 
 class _Section(BaseModel):
@@ -229,7 +231,7 @@ class Deployment(BaseModel):
     @model_validator(mode="after")
     def _known_keys_and_no_secrets(self) -> Deployment:
         extra = self.model_extra or {}
-        known = litellm_param_names() | POOL_DEPLOYMENT_KEYS
+        known = litellm_param_names() | POOL_DEPLOYMENT_KEYS | COMPLETION_DEPLOYMENT_KEYS
         for key in sorted(extra):
             if key not in known:
                 allowed = sorted(k for k in known if not _secret_like(k)) + sorted(POOL_DEPLOYMENT_KEYS)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +129,22 @@ def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
 async def client(pool: Pool) -> AsyncIterator[LLMPool]:
     async with LLMPool(pool.settings, redis_url=REDIS_URL) as pool_client:
         yield pool_client
+
+
+@pytest.fixture
+async def idle(tmp_path: Path, provider: FakeProviderProcess) -> AsyncIterator[Pool]:
+    """A pool with no workers, under a prefix of its own; its keys (and the arq jobs the client API
+    tests enqueue as ``api-*``) are deleted afterwards."""
+    the_pool = Pool(tmp_path, provider)
+    yield the_pool
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{the_pool.prefix}:*")]
+        keys += [k async for k in client.scan_iter(match="arq:job:api-*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,7 +15,7 @@ import redis.asyncio as aioredis
 from llm_pool.cli import parser
 from llm_pool.client import LLMPool
 from llm_pool.connections import masked_url
-from llm_pool.testing.cluster import FakeProviderProcess, free_port
+from llm_pool.testing.cluster import free_port
 from tests.helpers import REDIS_URL, Pool, user
 
 # Every subcommand with the arguments it needs.
@@ -30,20 +28,6 @@ COMMANDS = {
     "health": [],
     "demo": [],
 }
-
-
-@pytest.fixture
-async def idle(tmp_path: Path, provider: FakeProviderProcess) -> AsyncIterator[Pool]:
-    """A pool with no workers, under a prefix of its own; its keys are deleted afterwards."""
-    the_pool = Pool(tmp_path, provider)
-    yield the_pool
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{the_pool.prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 def cli(pool: Pool, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -59,6 +43,7 @@ def test_json_before_or_after_the_command(command: str) -> None:
     assert parser().parse_args([command, *rest, "--json"]).json is True
 
 
+@pytest.mark.e2e
 def test_usage_errors_exit_2_with_a_clear_message(idle: Pool) -> None:
     tenant = str(uuid.uuid4())
     for args, expected in (
@@ -74,6 +59,7 @@ def test_usage_errors_exit_2_with_a_clear_message(idle: Pool) -> None:
         assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+@pytest.mark.e2e
 async def test_usage_takes_a_valid_day_and_a_canonical_tenant(idle: Pool) -> None:
     tenant = uuid.uuid4()
     client = aioredis.Redis.from_url(REDIS_URL)
@@ -89,6 +75,7 @@ async def test_usage_takes_a_valid_day_and_a_canonical_tenant(idle: Pool) -> Non
     assert today["day"] == datetime.now(UTC).strftime("%Y-%m-%d") and today["requests"] == 0
 
 
+@pytest.mark.e2e
 def test_redis_unreachable_is_one_line_naming_the_masked_url(idle: Pool) -> None:
     url = f"redis://admin:s3cret-pw@127.0.0.1:{free_port()}/0"
     for module, args in (
@@ -109,6 +96,7 @@ def test_redis_unreachable_is_one_line_naming_the_masked_url(idle: Pool) -> None
         assert out.stdout == "", out.stdout
 
 
+@pytest.mark.e2e
 def test_health_is_one_implementation_with_one_set_of_exit_codes(idle: Pool) -> None:
     # No worker under this prefix: unhealthy, 1, from both commands, with and without --json.
     for command in (["llm_pool.cli", "health"], ["llm_pool.health"]):
@@ -126,6 +114,7 @@ def test_health_is_one_implementation_with_one_set_of_exit_codes(idle: Pool) -> 
     assert cli(idle, "--json", "health").stdout == cli(idle, "health", "--json").stdout
 
 
+@pytest.mark.e2e
 async def test_request_and_cancel_of_unknown_and_finished_ids(idle: Pool) -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
@@ -182,6 +171,7 @@ def test_masked_url() -> None:
     assert tls == "rediss://u:***@h:6380/0?ssl_ca_certs=/etc/ca.crt"
 
 
+@pytest.mark.e2e
 async def test_workers_reads_heartbeats_of_workers_from_before_the_split(idle: Pool) -> None:
     old = {  # a heartbeat without jobs_pool_errors, jobs_caller_errors and errors_by_code
         "worker_id": "old-1",

@@ -8,9 +8,8 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,25 +18,10 @@ import redis.asyncio as aioredis
 import llm_pool
 import llm_pool.client
 from llm_pool import LLMPool, OkReply, PoolUnavailable, ReplyTimeout, RequestOptions, Usage
-from llm_pool.testing.cluster import DEPLOYMENTS, ROOT, FakeProviderProcess, free_port
+from llm_pool.testing.cluster import DEPLOYMENTS, ROOT, free_port
 from tests.helpers import REDIS_URL, TENANT, Pool, user
 
 PUBLIC = ["cancel", "close", "complete", "keys", "reply", "stream", "submit", "wait"]
-
-
-@pytest.fixture
-async def idle(tmp_path: Path, provider: FakeProviderProcess) -> AsyncIterator[Pool]:
-    """A pool with no workers, under a prefix of its own; its keys are deleted afterwards."""
-    the_pool = Pool(tmp_path, provider)
-    yield the_pool
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{the_pool.prefix}:*")]
-        keys += [k async for k in client.scan_iter(match="arq:job:api-*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 def test_the_public_surface_is_documented() -> None:
@@ -56,6 +40,7 @@ def test_the_public_surface_is_documented() -> None:
     assert "docs/api.md" in (ROOT / "README.md").read_text(), "the README links the API reference"
 
 
+@pytest.mark.e2e
 async def test_every_method_raises_pool_unavailable_on_a_closed_port(idle: Pool) -> None:
     port = free_port()
     url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
@@ -86,6 +71,7 @@ async def test_every_method_raises_pool_unavailable_on_a_closed_port(idle: Pool)
     # close() (by `async with`) did not raise either.
 
 
+@pytest.mark.e2e
 async def test_the_budget_is_timeout_s_plus_the_margin(idle: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(llm_pool.client, "WAIT_MARGIN_S", 0.5)
     async with LLMPool(idle.settings, redis_url=REDIS_URL) as client:
@@ -97,6 +83,7 @@ async def test_the_budget_is_timeout_s_plus_the_margin(idle: Pool, monkeypatch: 
     assert "(budget 1.2 s)" in str(caught.value), caught.value
 
 
+@pytest.mark.e2e
 async def test_reply_timeout_says_whether_a_worker_is_alive(idle: Pool) -> None:
     queue = idle.keys.queue
     async with LLMPool(idle.settings, redis_url=REDIS_URL) as client:
@@ -134,6 +121,7 @@ async def test_reply_timeout_says_whether_a_worker_is_alive(idle: Pool) -> None:
         assert f"it is neither in {queue} nor answered" in str(caught.value), caught.value
 
 
+@pytest.mark.e2e
 async def test_cancel_says_whether_there_was_anything_to_cancel(idle: Pool) -> None:
     admin = aioredis.Redis.from_url(REDIS_URL)
     try:
@@ -165,6 +153,7 @@ async def test_cancel_says_whether_there_was_anything_to_cancel(idle: Pool) -> N
         await admin.aclose()
 
 
+@pytest.mark.e2e
 async def test_breaking_out_of_a_stream_leaves_the_request_running(
     pool: Pool, client: LLMPool, aredis: aioredis.Redis
 ) -> None:

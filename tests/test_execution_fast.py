@@ -217,7 +217,9 @@ async def test_provider_errors_map_to_reply_codes(
     rate_limited_before = retries(inproc, group, "rate_limited")
     reply, events = await inproc.run(request(group), stream=stream)
     assert_error(reply, events, code)
-    assert reply["error"]["message"] == message and reply["model"] == group
+    assert reply["error"]["message"].startswith(message) and reply["model"] == group
+    if code == "providers_unavailable":  # it names each deployment tried and how it failed
+        assert "[" + group + "] openai/gpt-4.1" in reply["error"]["message"], reply["error"]["message"]
     waits = retries(inproc, group, "rate_limited") - rate_limited_before
     # Every deployment said 429: the request waits and tries again rate_limit_retries times.
     assert waits == (RATE_LIMIT_RETRIES if group == "limited" else 0)

@@ -6,8 +6,12 @@ import subprocess
 import sys
 from dataclasses import fields
 
+import pytest
+
 from llm_pool.testing.cluster import ROOT
 from llm_pool.testing.fake_provider import FAULTS, DeploymentConfig, DeploymentStats
+
+pytestmark = pytest.mark.e2e
 
 
 def test_help_explains_the_api_base_layout_and_each_control() -> None:

@@ -13,6 +13,8 @@ import pytest
 from llm_pool.testing.cluster import ROOT
 from tests.test_demo import JUNK
 
+pytestmark = pytest.mark.e2e
+
 # A complete, a stream and a CLI run against a pool of workers: the paths that junk would break.
 KEY_TESTS = (
     "tests/test_pool_e2e.py::test_complete_returns_text_and_real_usage",

@@ -18,6 +18,8 @@ import pytest
 from llm_pool.testing.cluster import ROOT, clean_environment, worker_command
 from tests.helpers import REDIS_URL
 
+pytestmark = pytest.mark.e2e
+
 # Run by the new virtualenv's Python: the whole pool from the installed package only.
 POOL_SCRIPT = textwrap.dedent(
     """

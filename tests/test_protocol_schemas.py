@@ -105,6 +105,7 @@ def test_what_workers_write_matches_the_output_schemas() -> None:
     assert not events.is_valid({"type": "chunk", "request_id": "r1"})  # no text, no seq
 
 
+@pytest.mark.e2e
 def test_a_running_workers_heartbeat_matches_its_schema(pool: Pool, redis_sync: redis.Redis) -> None:
     raw = sync_get(redis_sync, pool.keys.heartbeat(pool.workers[0].worker_id))
     assert raw is not None, "the session pool's first worker has no heartbeat key"

@@ -73,6 +73,7 @@ def assert_telling(message: str) -> None:
 
 
 @pytest.mark.parametrize("round_", [1, 2])
+@pytest.mark.e2e
 async def test_refused_connections_end_within_a_second_and_name_each_deployment(
     tmp_path: Path, provider: FakeProviderProcess, round_: int
 ) -> None:
@@ -96,6 +97,7 @@ async def test_refused_connections_end_within_a_second_and_name_each_deployment(
     assert stream_s < FAST_FAILURE_S, f"stream took {stream_s:.2f}s to fail"
 
 
+@pytest.mark.e2e
 async def test_http_500_everywhere_names_the_status_and_the_fake_providers_deployments(
     tmp_path: Path, provider: FakeProviderProcess
 ) -> None:
