@@ -37,8 +37,6 @@ JSON_VALUES = st.recursive(
 # is silent it does not refuse: an optional field (or optional key of a nested object) given as
 # null counts as absent, and a message may leave out ``content`` (it may be null). Payloads it
 # refuses must get ``invalid_request``; payloads it accepts must not (both run in this process).
-# Found stricter in the worker than in the contract's text: a tool call's ``function.name`` must not
-# be empty (the generator of accepted requests keeps to that until the contract says it).
 
 REQUEST_FIELDS = {"model", "messages", "tenant_id", "tools", "tool_choice", "channel", "params", "timeout_s"}
 REQUEST_FIELDS |= {"metadata"}
@@ -105,6 +103,8 @@ def function_call_violation(call: Any, where: str) -> str | None:
         return problem
     if not isinstance(function.get("name"), str) or not isinstance(function.get("arguments"), str):
         return f"{where}.function: name and arguments must be strings"
+    if function["name"] == "":
+        return f"{where}.function.name: empty"
     return None
 
 
@@ -172,7 +172,8 @@ def tool_choice_violation(choice: Any) -> str | None:
         return "tool_choice: not {type: function, function: {name}}"
     if problem := unknown_keys(function, {"name"}, "tool_choice.function"):
         return problem
-    return None if isinstance(function.get("name"), str) else "tool_choice.function.name: not a string"
+    name = function.get("name")
+    return None if isinstance(name, str) and name else "tool_choice.function.name: not a non-empty string"
 
 
 def params_violation(params: Any) -> str | None:
@@ -370,6 +371,19 @@ def near_misses(limits: Limits) -> st.SearchStrategy[dict[str, Any]]:
         ),
         st.just({"messages": [{**message, "weight": 1}]}),
         st.just({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]}),
+        st.just(
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "", "arguments": ""}}
+                        ],
+                    }
+                ]
+            }
+        ),
+        st.just({"tool_choice": {"type": "function", "function": {"name": ""}}}),
         st.sampled_from(["acme", TENANT + "0", TENANT[:-1]]).map(lambda t: {"tenant_id": t}),
         st.just({"tools": [tool] * (limits.max_tools + 1)}),
         st.just({"tools": [{"type": "function", "function": {"name": "x" * 65}}]}),
