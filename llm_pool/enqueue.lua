@@ -29,7 +29,13 @@ if redis.call('EXISTS', job, result) > 0 then return 0 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('PSETEX', job, expires_ms, envelope)
-redis.call('ZADD', queue, now, id)
+-- ZINCRBY adds the same entry as ZADD, but its keyspace event is `zincr`, which the wake-up relay
+-- (worker/wakeups.py) ignores: this script pushes the job's one wake-up token itself.
+if redis.call('ZSCORE', queue, id) then
+  redis.call('ZADD', queue, now, id)
+else
+  redis.call('ZINCRBY', queue, now, id)
+end
 redis.call('SET', due, now, 'PX', expires_ms)
 fair_add(index, id, now, tenant)
 redis.call('RPUSH', wakeups, '1')

@@ -242,6 +242,17 @@ async def wait_for_key(
         await asyncio.sleep(poll_s)
 
 
+async def job_ended(client: aioredis.Redis, keys: Keys, job_id: str, timeout_s: float = 5.0) -> bool:
+    """Whether the job leaves arq's records (its envelope and its queue entry) within ``timeout_s``:
+    the worker records a job's end just after its final event."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        gone = not await client.exists(keys.job(job_id)) and await client.zscore(keys.queue, job_id) is None
+        if gone or time.monotonic() >= deadline:
+            return gone
+        await asyncio.sleep(0.01)
+
+
 def provider_calls(provider: FakeProviderProcess) -> int:
     """Chat requests the fake provider received, over all deployments."""
     return sum(stats["requests"] for stats in provider.stats().values())

@@ -25,6 +25,7 @@ from tests.helpers import (
     Pool,
     decode,
     fail_group,
+    job_ended,
     request,
     run_plain,
     user,
@@ -237,8 +238,7 @@ async def test_undecodable_job_gets_invalid_request_and_worker_keeps_serving(
     reply = decode(await aredis.get(pool.keys.reply(job_id)))
     assert reply["status"] == "error" and reply["error"]["code"] == "invalid_request", reply
     assert events == [{**events[-1], "type": "error", "code": "invalid_request"}]
-    assert not await aredis.exists(f"arq:job:{job_id}"), "the job left the queue"
-    assert await aredis.zscore(pool.keys.queue, job_id) is None
+    assert await job_ended(aredis, pool.keys, job_id), "the job left the queue"
     assert not _pwned(), "a pickled payload ran code in a worker"
     # The worker is still serving.
     good = await client.complete("fast", user(), TENANT)

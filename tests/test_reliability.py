@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from llm_pool.client import LLMPool, ReplyTimeout
 from llm_pool.schemas import ErrorCode, ErrorReply, Heartbeat, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, RedisServer, WorkerProcess
-from tests.helpers import REDIS_URL, TENANT, Pool, user
+from tests.helpers import REDIS_URL, TENANT, Pool, job_ended, user
 from tests.plain import Listener
 
 pytestmark = pytest.mark.e2e
@@ -99,7 +99,7 @@ async def test_poison_job_ends_with_internal_after_max_tries(rpool: Pool, aredis
     assert isinstance(reply, ErrorReply) and reply.error.code == ErrorCode.INTERNAL, reply
     assert "never finished" in reply.error.message
     assert events[-1]["type"] == "error" and events[-1]["code"] == "internal"
-    assert not await aredis.exists(f"arq:job:{request_id}"), "the job left the queue"
+    assert await job_ended(aredis, rpool.keys, request_id), "the job left the queue"
 
 
 async def test_sigterm_lets_running_streams_finish(rpool: Pool, aredis: aioredis.Redis) -> None:

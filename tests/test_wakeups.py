@@ -114,3 +114,41 @@ async def test_plain_arq_jobs_are_pushed_by_keyspace_notifications(
     assert medians["server has them"] < 100, results
     assert medians["worker enables them"] < 100, results
     assert medians["off"] > 300, results  # the poll: up to 3 s
+
+
+async def rpush_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_rpush", {}).get("calls", 0))
+
+
+async def test_each_job_pushes_one_token_with_the_relay_on(
+    tmp_path: Path, provider: FakeProviderProcess
+) -> None:
+    """The relay turns plain arq's ``zadd`` into a token; the pool's enqueue script pushes its own
+    token and adds its entry with ``ZINCRBY`` (event ``zincr``), so the relay leaves it alone."""
+    provider.configure_deployments(DEPLOYMENTS, tokens=1)
+    with (
+        private_redis({"notify-keyspace-events": "Kz"}) as server,
+        own_pool(tmp_path, provider, 2, redis_url=server.url, worker=SLOW_POLL) as pool,
+    ):
+        await asyncio.sleep(0.5)  # a relay takes the lease
+        client = aioredis.Redis.from_url(server.url)
+        events = client.pubsub()
+        await events.subscribe(f"__keyspace@0__:{pool.keys.queue}")
+        try:
+            before = await rpush_calls(client)
+            async with LLMPool(pool.settings, redis_url=server.url) as caller:
+                for _ in range(5):
+                    assert isinstance(await caller.complete("fast", user(), TENANT), OkReply)
+            await plain_arq_pickup_ms(pool, server.url, 5)
+            assert await rpush_calls(client) - before == 10, "one wake-up token per job"
+            seen = []
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:  # None also stands for the ignored confirmation
+                message = await events.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                if message is not None:
+                    seen.append(message["data"])
+            assert seen.count(b"zincr") == 5 and seen.count(b"zadd") == 5, seen
+        finally:
+            await events.aclose()
+            await client.aclose()
