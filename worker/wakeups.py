@@ -9,10 +9,11 @@ worker blocks a little later, so the least loaded one is usually first in line.
 Jobs enqueued by plain arq push no token. For them, one worker at a time (the holder of the lease
 ``P:wake-relay``) listens to the queue's keyspace notifications (``notify-keyspace-events`` with
 ``K`` and ``z``) and pushes a token for each ``zadd`` (the pool's own enqueue script adds its entry
-with ``ZINCRBY``, whose event is ``zincr``: it has pushed its token already, so each job gets one). ``worker.queue_notifications`` says whether
-to: ``off``; ``use`` (the default: relay when the server has them on; a worker never changes the
-server's configuration on its own); ``enable`` (turn them on with ``CONFIG SET``, again after every
-reconnect or failover). Without them, plain-arq jobs wait for the poll (``worker.poll_delay_s``).
+with ``ZINCRBY``, whose event is ``zincr``: it has pushed its token already, so each job gets one).
+``worker.queue_notifications`` says whether to: ``off``; ``use`` (the default: relay when the
+server has them on; a worker never changes the server's configuration on its own); ``enable`` (turn
+them on with ``CONFIG SET``, again after every reconnect or failover). Without them, plain-arq jobs
+wait for the poll (``worker.poll_delay_s``).
 """
 
 from __future__ import annotations
