@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.front_door import FrontDoorClient
 from bench.progress import bar, say
 from bench.proxy import LiteLLMProxy, ProxyUnavailable, ensure_venv, proxy_config
 from bench.timing import ttft_rounds
@@ -47,6 +48,7 @@ from llm_pool.testing.cluster import (
     settings_toml,
     worker_env,
 )
+from llm_pool.testing.front_door import FrontDoorProcess
 
 REDIS_URL = os.environ.get("LLM_POOL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # One OpenAI-protocol deployment per group, so every sample takes the same path.
@@ -807,6 +809,106 @@ async def versus_proxy(bench: Bench) -> None:
     )
 
 
+# --- 10. the HTTP front door ---------------------------------------------------------------------
+
+
+async def pool_stream_chunks(bench: Bench, streams: int, tokens: int) -> dict[str, float]:
+    """``streams`` concurrent ``LLMPool.stream`` readers at once: the chunks they receive per second."""
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+        received = 0
+
+        async def one() -> None:
+            nonlocal received
+            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
+                if isinstance(event, ChunkEvent):
+                    received += 1
+                    progress.update()
+
+        with bar("  chunks through LLMPool.stream", total=streams * tokens, unit="chunk") as progress:
+            started = time.perf_counter()
+            await asyncio.gather(*[one() for _ in range(streams)])
+            elapsed = time.perf_counter() - started
+    return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
+
+
+async def front_door(bench: Bench) -> None:
+    quick = bench.results.quick
+    section = "10. The HTTP front door beside LLMPool and a LiteLLM proxy"
+    say(section)
+    try:
+        command = ensure_venv()
+    except ProxyUnavailable as exc:
+        if not quick:
+            raise
+        bench.results.add(section, "LiteLLM proxy", f"skipped: {exc}")
+        return
+    proxy = proxy_of(bench, command)
+    door = FrontDoorProcess({**bench.env, "REDIS_URL": bench.redis_url}, bench.tmp / "front-door.log")
+    http = FrontDoorClient(door.url)
+    r = bench.results
+    try:
+        bench.start_workers(1)  # while the proxy starts
+        door.wait_ready()
+        say(f"  proxy answering {await proxy.wait_ready():.1f} s after its start")
+        bench.configure(tokens=5 if quick else 10, token_delay_ms=20)
+        for streams, rounds in ((1, 3), (5, 1)) if quick else ((1, 20), (50, 3)):
+            label = "1 stream" if streams == 1 else f"{streams} concurrent streams"
+            say(f"  TTFT, {label}, 20 ms per token: LLMPool, front door, proxy")
+            measured = {
+                "LLMPool.stream": await pool_ttft(bench, streams, rounds),
+                "front door": await http.ttft(streams, rounds),
+                "proxy": await proxy.ttft(streams, rounds),
+            }
+            for name, samples in measured.items():
+                r.add(
+                    section,
+                    f"{label}: TTFT {name} p50 / p99",
+                    f"{pct(samples, 50):.2f} / {pct(samples, 99):.2f} ms",
+                )
+            pooled, door_ms = measured["LLMPool.stream"], measured["front door"]
+            r.add(
+                section,
+                f"{label}: front door minus LLMPool.stream, p50 / p99",
+                f"{pct(door_ms, 50) - pct(pooled, 50):.2f} / {pct(door_ms, 99) - pct(pooled, 99):.2f} ms",
+            )
+        streams, tokens = (5, 100) if quick else (50, 300)
+        bench.configure(tokens=tokens)
+        say(f"  chunks/s, {streams} concurrent streams of {tokens} tokens, zero-delay provider")
+        rates = {
+            "LLMPool.stream": await pool_stream_chunks(bench, streams, tokens),
+            "front door": await http.chunks(streams, tokens),
+            "proxy": await proxy.chunks(streams, tokens),
+        }
+        label = f"{streams} x {tokens} tokens"
+        for name, rate in rates.items():
+            r.add(section, f"{label}: {name}, chunks/s to the client", chunk_rate(rate, streams * tokens))
+        r.add(
+            section,
+            "front door / LLMPool.stream, chunks/s",
+            f"{rates['front door']['chunks_per_s'] / rates['LLMPool.stream']['chunks_per_s']:.2f}x",
+        )
+        r.add(
+            section,
+            "front door / proxy, chunks/s",
+            f"{rates['front door']['chunks_per_s'] / rates['proxy']['chunks_per_s']:.2f}x",
+        )
+    finally:
+        door.stop()
+        proxy.stop()
+        bench.stop_workers()
+    r.note(
+        section,
+        "How it was run: one worker process; the front door is `llm-pool serve-http` (one uvicorn "
+        "process, the settings' log level WARNING, so no per-request log line) reading the pool "
+        "through `LLMPool.stream`, and read by an aiohttp NDJSON client in the benchmark process; "
+        "`LLMPool.stream` is read in the benchmark process itself; the proxy is section 8's (LiteLLM's "
+        "own server, same release, one process, read by an aiohttp SSE client). TTFT is the time "
+        "from sending the request to the first chunk with text. All on the same 2 cores as the fake "
+        "provider, Redis and the worker: the front door adds a process that competes for them.",
+    )
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -1097,6 +1199,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "startup": startup,
     "proxy": versus_proxy,
     "wakeups": wakeups,
+    "frontdoor": front_door,
 }
 
 

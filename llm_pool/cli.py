@@ -7,6 +7,8 @@
     llm-pool cancel ID                 ask the pool to stop a queued or running request
     llm-pool health [--worker-id ID]   the same as python -m llm_pool.health
     llm-pool demo "a prompt"           an offline pool on this machine, answering one prompt
+    llm-pool serve-http [--host H] [--port P]   the old service's HTTP API in front of the pool
+                                       (needs the http extra; default 127.0.0.1:8004; docs/http.md)
 
 Tables for people by default; ``--json`` (before or after the command) for scripts.
 
@@ -55,6 +57,10 @@ from llm_pool.settings import Settings
 PROG = "llm-pool"
 QUEUE_SAMPLE = 1000
 DAY_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}")
+# serve-http's defaults: loopback only unless told otherwise (the old service listened on 0.0.0.0,
+# which the Procfile and docker-compose.yml ask for); the old service's port.
+HTTP_HOST = "127.0.0.1"
+HTTP_PORT = 8004
 
 # What a command returns: the data printed by --json, the text for people, the exit code.
 Outcome = tuple[Any, str, int]
@@ -295,7 +301,35 @@ def parser() -> argparse.ArgumentParser:
     demo = command("demo", "answer one prompt with an offline pool on this machine (no --json)")
     demo.add_argument("prompt", nargs="?", default="Tell me about queues.")
     demo.add_argument("--redis-url", help="the Redis for the demo and its worker (default: 127.0.0.1:6379)")
+    serve_http = command("serve-http", "serve the old service's HTTP API in front of the pool (no --json)")
+    serve_http.add_argument(
+        "--host", default=HTTP_HOST, help=f"address to listen on (default {HTTP_HOST}; 0.0.0.0: all)"
+    )
+    serve_http.add_argument("--port", type=int, default=HTTP_PORT, help=f"default {HTTP_PORT}")
     return p
+
+
+def serve_http(args: argparse.Namespace) -> int:
+    """``serve-http``: the front door (llm_pool.http), if the ``http`` extra is installed."""
+    from llm_pool.http import EXTRA, missing_modules
+
+    if args.json:
+        print(f"{PROG} serve-http: --json is not supported", file=sys.stderr)
+        return EXIT_ERROR
+    missing = missing_modules()
+    if missing:
+        print(
+            f"{PROG} serve-http: needs the {EXTRA} extra ({', '.join(missing)} not installed): "
+            f"pip install 'llm-pool[{EXTRA}]'",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    settings = settings_or_exit_code(PROG)
+    if isinstance(settings, int):
+        return settings
+    from llm_pool.http.server import serve
+
+    return serve(settings, args.host, args.port, f"{PROG} serve-http")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         from llm_pool.demo import run_demo
 
         return run_demo(args.prompt, args.redis_url)
+    if args.command == "serve-http":
+        return serve_http(args)
     if args.command == "health":
         return report(args.worker_id, as_json=args.json, quiet=args.quiet, prog=PROG)
     settings = settings_or_exit_code(PROG)

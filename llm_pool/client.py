@@ -329,6 +329,15 @@ class LLMPool:
         await self._bounded(wait, "enqueueing", self._enqueue(request_id, request, stream))
         return request_id
 
+    def validate(
+        self, model: str, messages: list[dict[str, Any]], tenant_id: str, **options: Unpack[RequestOptions]
+    ) -> str:
+        """Check a request exactly as ``complete``, ``stream`` and ``submit`` will, touching nothing;
+        return its request id (``options["request_id"]`` or a new one). Raises ``InvalidRequestError``.
+        For callers that must refuse a request before they commit to an answer (the HTTP front door
+        answers 400 before it starts a stream)."""
+        return self._build_request(model, messages, tenant_id, **options)[0]
+
     # --- waiting, reading, cancelling -------------------------------------------------------------
 
     async def wait(
