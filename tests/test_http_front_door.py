@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
 from llm_pool.testing.front_door import FrontDoorProcess
-from tests.conftest import TENANT, Pool, decode, user
+from tests.helpers import TENANT, Pool, decode, user
 from tests.helpers import cleanup, provider_calls, wait_for_key
 
 pytestmark = pytest.mark.e2e
