@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from llm_pool.testing.cluster import (
     settings_toml,
     worker_env,
 )
+from llm_pool.testing.front_door import FrontDoorProcess
 from tests.plain import Listener, plain_arq
 
 # What an operator whose WebSocket handlers listen on channels of their own would set.
@@ -368,3 +370,28 @@ def set_worker_acl(server: RedisServer, password: str, *rules: str) -> None:
         client.execute_command(*rule)  # type: ignore[no-untyped-call]
     finally:
         client.close()
+
+
+def start_front_door(pool: Pool, log_path: Path) -> FrontDoorProcess:
+    door = FrontDoorProcess({**pool.env, "REDIS_URL": pool.redis_url}, log_path)
+    door.wait_ready()
+    return door
+
+
+def stop_cleanly(door: FrontDoorProcess) -> None:
+    """SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (so it exits with -15)."""
+    code = door.stop()
+    log = door.log_path.read_text()
+    assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, (code, door.log_path)
+    assert "Traceback" not in log, log[log.index("Traceback") :][:3000]
+
+
+# What a developer's shell may hold that the pool's tests and demo must not pick up.
+JUNK = {
+    "REDIS_URL": "redis://junk.invalid:1/0",
+    "OLLAMA_BASE_URL": "http://127.0.0.1:9",
+    "OPENAI_API_BASE": "http://127.0.0.1:9/v1",
+    "ANTHROPIC_API_BASE": "http://127.0.0.1:9",
+    "LLM_POOL__WORKER__MAX_JOBS": "junk",
+    "LLM_POOL__REDIS__URL": "junk",
+}

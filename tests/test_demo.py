@@ -11,17 +11,9 @@ from pathlib import Path
 import pytest
 
 from llm_pool.testing.cluster import free_port
-from tests.helpers import REDIS_URL
+from tests.helpers import JUNK, REDIS_URL
 
 # What a developer's shell may hold: none of it may reach the demo's worker.
-JUNK = {
-    "REDIS_URL": "redis://junk.invalid:1/0",
-    "OLLAMA_BASE_URL": "http://127.0.0.1:9",
-    "OPENAI_API_BASE": "http://127.0.0.1:9/v1",
-    "ANTHROPIC_API_BASE": "http://127.0.0.1:9",
-    "LLM_POOL__WORKER__MAX_JOBS": "junk",
-    "LLM_POOL__REDIS__URL": "junk",
-}
 
 
 def demo(tmp_path: Path, *args: str, timeout_s: float = 220) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from llm_pool.testing.cluster import ROOT
-from tests.test_demo import JUNK
+from tests.helpers import JUNK
 
 pytestmark = pytest.mark.e2e
 

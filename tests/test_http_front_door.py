@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import statistics
 import time
 import uuid
@@ -22,8 +21,17 @@ import redis.asyncio as aioredis
 
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
 from llm_pool.testing.front_door import FrontDoorProcess
-from tests.helpers import TENANT, Pool, decode, user
-from tests.helpers import cleanup, provider_calls, wait_for_key
+from tests.helpers import (
+    TENANT,
+    Pool,
+    cleanup,
+    decode,
+    provider_calls,
+    start_front_door,
+    stop_cleanly,
+    user,
+    wait_for_key,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,20 +49,6 @@ WEATHER_TOOL = {
 def body(**overrides: Any) -> dict[str, Any]:
     """A request in the old service's shape."""
     return {"model": "fast", "messages": user(), "tenant_id": TENANT, **overrides}
-
-
-def start_front_door(pool: Pool, log_path: Path) -> FrontDoorProcess:
-    door = FrontDoorProcess({**pool.env, "REDIS_URL": pool.redis_url}, log_path)
-    door.wait_ready()
-    return door
-
-
-def stop_cleanly(door: FrontDoorProcess) -> None:
-    """SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (so it exits with -15)."""
-    code = door.stop()
-    log = door.log_path.read_text()
-    assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, (code, door.log_path)
-    assert "Traceback" not in log, log[log.index("Traceback") :][:3000]
 
 
 @pytest.fixture(scope="module")

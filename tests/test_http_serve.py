@@ -17,9 +17,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with LiteLLM, withou
 from llm_pool.cli import parser
 from llm_pool.testing.cluster import DEPLOYMENTS, ROOT, FakeProviderProcess, free_port
 from llm_pool.testing.front_door import serve_http_command
-from tests.helpers import Pool, user
-from tests.helpers import own_pool, same_minute
-from tests.test_http_front_door import start_front_door, stop_cleanly
+from tests.helpers import Pool, own_pool, same_minute, start_front_door, stop_cleanly, user
 
 pytestmark = pytest.mark.e2e
 
