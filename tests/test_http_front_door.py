@@ -334,6 +334,24 @@ async def test_malformed_bodies_get_a_clear_4xx_never_a_500(
     assert provider_calls(provider) == calls  # none of them reached a provider
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_over_the_payload_limit_is_413_before_it_is_read(
+    http: httpx.AsyncClient, pool: Pool, chunked: bool
+) -> None:
+    limit = pool.settings.worker.max_payload_bytes
+    raw = json.dumps(body(messages=[{"role": "user", "content": "x" * limit}])).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 65536):
+            yield raw[start : start + 65536]
+
+    content: bytes | AsyncIterator[bytes] = pieces() if chunked else raw
+    response = await http.post("/complete", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json() == {"error": f"the body is over {limit} bytes (worker.max_payload_bytes)"}
+    assert response.headers["x-request-id"]
+
+
 # --- GET /health ----------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from llm_pool.client import LLMPool
 from llm_pool.errors import InvalidRequestError, PoolError, redis_failure
 from llm_pool.health import check, section_address
+from llm_pool.http.body_limit import BodyLimitMiddleware
 from llm_pool.http.errors import Failure, failure_of_exception, failure_of_reply
 from llm_pool.http.models import CompleteBody, CompleteResponse
 from llm_pool.http.relay import Background, Relay
@@ -78,7 +79,7 @@ def describe_validation(errors: Sequence[Any]) -> str:
 
 def create_app(settings: Settings) -> ASGIApp:
     """The front door for the pool of ``settings`` (its Redis and key prefix), wrapped in the
-    ``X-Request-Id`` middleware."""
+    ``X-Request-Id`` middleware and the body-size limit."""
     background = Background()
     pools: list[LLMPool] = []
 
@@ -145,4 +146,4 @@ def create_app(settings: Settings) -> ASGIApp:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable", "detail": why}, status_code=503)
 
-    return RequestIdMiddleware(app)
+    return RequestIdMiddleware(BodyLimitMiddleware(app, settings.worker.max_payload_bytes))
