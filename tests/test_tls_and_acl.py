@@ -80,7 +80,7 @@ WORKER_ACL = (
 CALLER_ACL = (
     "~{P}:* ~arq:* &{P}:stream:* &{P}:client:* "
     "-@all +ping +time +client|setname +evalsha +script|load +script|exists +exists +get +set +psetex +mget "
-    "+hset +zadd +zscore +incr +rpush +ltrim +watch +unwatch +multi +exec +subscribe +unsubscribe"
+    "+hset +zadd +zincrby +zscore +incr +rpush +ltrim +watch +unwatch +multi +exec +subscribe +unsubscribe"
 )
 
 
