@@ -5,7 +5,7 @@ into ``${XDG_CACHE_HOME:-~/.cache}/llm-pool/llama-server-<version>/``; ``LLM_POO
 names another binary. The models are the tiny ones of ``llm_pool.testing.tiny_gguf``.
 
 ``LlamaServer`` runs one server on a free loopback port (``--jinja``, ``/metrics`` and ``/slots``
-on), and reads the server's own counts back from ``/slots``. ``ServerGroups`` maps the groups of a
+on), and reads the server's own token counts back from ``/metrics``. ``ServerGroups`` maps the groups of a
 settings file to servers, and gives ``settings_toml`` the api_base of each deployment: ``openai/``
 at ``http://127.0.0.1:PORT/v1``, ``anthropic/`` at ``http://127.0.0.1:PORT`` (LiteLLM adds
 ``/v1/messages``).
@@ -51,13 +51,16 @@ def binary_path(environ: Mapping[str, str] | None = None) -> Path:
 
 
 @dataclass(frozen=True)
-class SlotCounts:
-    """What llama-server itself counted for the last task of a slot."""
+class TokenCounts:
+    """Tokens llama-server itself counted (its ``/metrics`` counters, or a difference of two)."""
 
-    task_id: int
-    prompt_tokens: int  # processed + reused from the prompt cache
+    prompt_tokens: int  # processed, plus reused from its prompt cache
     completion_tokens: int
-    processing: bool
+
+    def __sub__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
+            self.prompt_tokens - other.prompt_tokens, self.completion_tokens - other.completion_tokens
+        )
 
 
 class LlamaServer:
@@ -142,16 +145,21 @@ class LlamaServer:
         slots: list[dict[str, Any]] = self.get("/slots")
         return slots
 
-    def slot_counts(self, slot: int = 0) -> SlotCounts:
-        """The server's own token counts of the last (or current) task of one slot."""
-        data = self.slots()[slot]
-        return SlotCounts(
-            task_id=int(data.get("id_task", -1)),
-            prompt_tokens=int(data.get("n_prompt_tokens_processed", 0))
-            + int(data.get("n_prompt_tokens_cache", 0)),
-            completion_tokens=int(data["next_token"][0]["n_decoded"]) if "next_token" in data else 0,
-            processing=bool(data["is_processing"]),
-        )
+    def busy(self) -> bool:
+        """Whether any slot is processing a request."""
+        return any(slot["is_processing"] for slot in self.slots())
+
+    def token_counts(self) -> TokenCounts:
+        """The server's counters so far (``/slots`` forgets a request's counts once it ends)."""
+        metrics = self.metrics()
+        prompt = metrics["prompt_tokens_total"] + metrics["prompt_tokens_cached_total"]
+        return TokenCounts(int(prompt), int(metrics["tokens_predicted_total"]))
+
+    def counted_since(self, before: TokenCounts, timeout_s: float = 5.0) -> TokenCounts:
+        """What the server counted since ``before``, once every slot is idle (it counts a request
+        as it releases the slot, just after sending the response)."""
+        wait_for_idle_slots(self, timeout_s)
+        return self.token_counts() - before
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as ``{name: value}`` (names without the ``llamacpp:`` prefix)."""
@@ -180,7 +188,7 @@ def wait_for_idle_slots(server: LlamaServer, timeout_s: float) -> float:
     """Seconds until no slot of ``server`` is processing; ``TimeoutError`` after ``timeout_s``."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if not any(slot["is_processing"] for slot in server.slots()):
+        if not server.busy():
             return time.monotonic() - started
         time.sleep(0.02)
     raise TimeoutError(f"a slot of llama-server {server.url} was still processing after {timeout_s:g} s")
@@ -205,7 +213,7 @@ __all__ = [
     "LLAMA_CPP_PYTHON_VERSION",
     "LlamaServer",
     "ServerGroups",
-    "SlotCounts",
+    "TokenCounts",
     "binary_path",
     "cache_dir",
     "wait_for_idle_slots",

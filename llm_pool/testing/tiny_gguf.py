@@ -14,14 +14,22 @@ protocol around it (chat template, streaming, usage, tool calls, stop sequences)
   ``<tool_call>``), end of sequence ``<|im_end|>``. ``<tool_call>`` and ``</tool_call>`` are single
   tokens; ``<tool_call>`` plus a newline as one token would make every request with tools fail
   (``Grammar trigger word should be marked as preserved token``).
-- The text model never ends a turn by itself (its end-of-generation tokens are pushed far down), so
-  an answer is as long as ``max_tokens`` or ends at a stop sequence: lengths are deterministic.
-- The tool model puts ``<tool_call>`` far above every other token, so with tools it always calls
-  one; llama-server's grammar then makes the call valid JSON for the tool's schema.
+- The weights are random, except where a token's successor is set (below): the model then picks
+  that successor whatever the sampling settings (its logit is ~20 above the others), so answers
+  are deterministic and need no luck.
+- The text model writes printable ASCII and spaces in a fixed cycle (a permutation of the 95
+  characters, so any 3 characters of one lap occur once in it), starting anew after any other
+  token, and never ends its turn by itself: an answer is as long as ``max_tokens`` (or the server's
+  ``-n``), or ends at a stop sequence.
+- The tool model answers ``<tool_call>`` after the newline that ends the prompt, then a newline
+  (together the trigger of llama-server's tool-call grammar), and ``<|im_end|>`` after
+  ``</tool_call>``; in between the grammar makes the call valid JSON for the tool's schema.
 
-How the bias works: every token embedding has a constant first component, which dominates the
-normalised hidden state whatever the random layers add; an output row with a large (or very
-negative) first component is then always the top (or never chosen) token.
+How the successors work: every token embedding is a constant first component plus a random unit
+vector of the token (its feature). The output row of a token is a large multiple of its
+predecessors' features, so its logit is large exactly when the current token is one of them (a
+bigram model; the random layers only add noise). A large negative first component in an output
+row keeps a token (byte tokens, special tokens) from being chosen at all.
 """
 
 from __future__ import annotations
@@ -124,17 +132,20 @@ within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-
 
 @dataclass(frozen=True)
 class TinyModel:
-    """One model: its file name, weight seed and which tokens its output favours or avoids."""
+    """One model: its file name, its weights' seed, and whether it is the tool-calling variant."""
 
     file_name: str
     seed: int
-    favoured: tuple[str, ...] = ()
-    avoided: tuple[str, ...] = ()
+    tools: bool = False
 
 
-TEXT_MODEL = TinyModel("tiny.gguf", seed=1, avoided=END_OF_GENERATION)
-TOOL_MODEL = TinyModel("tiny-tools.gguf", seed=2, favoured=(TOOL_CALL,))
+TEXT_MODEL = TinyModel("tiny.gguf", seed=1)
+TOOL_MODEL = TinyModel("tiny-tools.gguf", seed=2, tools=True)
 MODELS = (TEXT_MODEL, TOOL_MODEL)
+NEWLINE = "<0x0A>"
+# How strongly a set successor is preferred (its logit is about 5.7 times this over the others).
+SUCCESSOR_WEIGHT = 4.0
+AVOIDED_BIAS = -3.0
 
 
 def vocabulary() -> tuple[list[str], list[float], list[int]]:
@@ -150,22 +161,56 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _weights(model: TinyModel, tokens: list[str]) -> dict[str, np.ndarray]:
-    """Random weights (numpy shapes are GGML's dimensions reversed), with the output bias."""
+def successors(model: TinyModel, tokens: list[str], types: list[int]) -> dict[int, int]:
+    """Token id -> the id the model always writes after it (tokens not in it: no preference)."""
+    ids = {text: i for i, text in enumerate(tokens)}
+    if model.tools:
+        return {
+            ids[NEWLINE]: ids[TOOL_CALL],
+            ids[TOOL_CALL]: ids[NEWLINE],
+            ids["</tool_call>"]: ids[EOS],
+        }
+    cycle = [i for i, kind in enumerate(types) if kind == gguf.TokenType.NORMAL]
+    order = np.random.default_rng(model.seed).permutation(len(cycle))
+    cycle = [cycle[i] for i in order]
+    after = {token: cycle[0] for token in range(len(tokens))}  # any other token: the cycle anew
+    after |= {token: cycle[(n + 1) % len(cycle)] for n, token in enumerate(cycle)}
+    return after
+
+
+def _weights(model: TinyModel, tokens: list[str], types: list[int]) -> dict[str, np.ndarray]:
+    """Random weights (numpy shapes are GGML's dimensions reversed), with the set successors."""
     rng = np.random.default_rng(model.seed)
 
     def normal(*shape: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     vocab = len(tokens)
-    embeddings = normal(vocab, HIDDEN)
-    embeddings[:, 0] = 1.0  # the constant component that dominates the normalised hidden state
-    output = normal(vocab, HIDDEN, scale=0.5)
+    after = successors(model, tokens, types)
+    features = rng.standard_normal((vocab, HIDDEN - 1))
+    if not model.tools:
+        # Every token outside the cycle starts it anew: they share one feature.
+        outside = [i for i, kind in enumerate(types) if kind != gguf.TokenType.NORMAL]
+        features[outside] = features[outside[0]]
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    embeddings = np.empty((vocab, HIDDEN), dtype=np.float32)
+    embeddings[:, 0] = 1.0
+    embeddings[:, 1:] = features
+    output = normal(vocab, HIDDEN, scale=0.1)
     output[:, 0] = 0.0
-    for text in model.favoured:
-        output[tokens.index(text), 0] = 3.0
-    for text in model.avoided:
-        output[tokens.index(text), 0] = -3.0
+    targets = set(after.values())
+    for token, successor in after.items():
+        # The feature the tokens outside the cycle share counts once (through token 0, <unk>).
+        if model.tools or token == 0 or types[token] == gguf.TokenType.NORMAL:
+            output[successor, 1:] += SUCCESSOR_WEIGHT * features[token]
+    for token in range(vocab):
+        if token not in targets and types[token] != gguf.TokenType.NORMAL:
+            output[token, 0] = AVOIDED_BIAS
+    if model.tools:
+        # Where the grammar allows "</tool_call>", the one token rather than its characters.
+        output[tokens.index("</tool_call>"), 0] = 1.0
+    else:
+        output[[tokens.index(text) for text in END_OF_GENERATION], 0] = AVOIDED_BIAS
     tensors = {
         "token_embd.weight": embeddings,
         "output_norm.weight": np.ones(HIDDEN, dtype=np.float32),
@@ -214,7 +259,7 @@ def write_model(model: TinyModel, directory: Path) -> Path:
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
     writer.add_chat_template(CHAT_TEMPLATE)
-    for name, tensor in _weights(model, tokens).items():
+    for name, tensor in _weights(model, tokens, types).items():
         writer.add_tensor(name, tensor)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -2,8 +2,9 @@
 stop sequences, tool calls and usage, over the OpenAI protocol (``openai/``) and the Anthropic one
 (``anthropic/`` at llama-server's ``/v1/messages``).
 
-Usage is checked against the server's own counts, read from its ``/slots`` (the prompt tokens it
-processed plus those it reused from its cache, and the tokens it decoded), never from the pool.
+Usage is checked against the server's own counts, read from its ``/metrics`` before and after
+each request (the prompt tokens it processed plus those it reused from its prompt cache, and the
+tokens it generated), never from the pool.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import redis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ChunkEvent, DoneEvent, OkReply, ResetEvent, Usage
-from llm_pool.testing.llama_server import LlamaServer
+from llm_pool.testing.llama_server import LlamaServer, TokenCounts
 from tests.conftest import user
-from tests.real.conftest import RealPool
+from tests.real.conftest import DEPLOYMENTS, RealPool
 
 pytestmark = [pytest.mark.real, pytest.mark.e2e]
 
 TEXT_GROUPS = ["quality", "claude"]  # the text model through openai/ and anthropic/
 TOOL_GROUPS = ["tools", "claude-tools"]  # the tool-calling model through openai/ and anthropic/
 PROMPT = "Tell me about queues."
+MODEL_OF_GROUP = {group: model for group, _, model in DEPLOYMENTS}
 
 WEATHER_TOOL = {
     "type": "function",
@@ -77,12 +79,13 @@ async def run(
     return reply, done[0]
 
 
-def assert_server_counted(usage: Usage, server: LlamaServer) -> None:
-    counts = server.slot_counts()
-    assert not counts.processing
-    assert counts.prompt_tokens > 0
-    assert (usage.prompt_tokens, usage.completion_tokens) == (counts.prompt_tokens, counts.completion_tokens)
-    assert usage.total_tokens == counts.prompt_tokens + counts.completion_tokens
+def assert_server_counted(usage: Usage, server: LlamaServer, before: TokenCounts) -> None:
+    """The reply's usage is what the server counted for the request (the only one since ``before``)."""
+    counted = server.counted_since(before)
+    assert counted.prompt_tokens > 0
+    assert usage.prompt_tokens == counted.prompt_tokens
+    assert usage.completion_tokens == counted.completion_tokens
+    assert usage.total_tokens == counted.prompt_tokens + counted.completion_tokens
 
 
 def ledger(pool: RealPool, redis_sync: redis.Redis, tenant: str) -> dict[str, int]:
@@ -96,12 +99,14 @@ async def test_text_ends_at_max_tokens_and_usage_is_the_servers_count(
     real_pool: RealPool, real_client: LLMPool, redis_sync: redis.Redis, group: str, stream: bool
 ) -> None:
     tenant = str(uuid.uuid4())
+    server = real_pool.server(group)
+    before = server.token_counts()
     reply, _ = await run(real_client, group, stream, tenant, params={"max_tokens": 24})
     assert reply.content.strip()
     assert reply.finish_reason == "length"
     assert reply.usage.completion_tokens == 24
-    assert (reply.served_by, reply.fallback) == (group, False)
-    assert_server_counted(reply.usage, real_pool.server(group))
+    assert (reply.served_by, reply.fallback) == (MODEL_OF_GROUP[group], False)
+    assert_server_counted(reply.usage, server, before)
     assert ledger(real_pool, redis_sync, tenant) == {
         "requests": 1,
         "prompt_tokens": reply.usage.prompt_tokens,
@@ -124,17 +129,18 @@ async def test_stop_sequence_ends_the_text_where_it_occurs(
     real_pool: RealPool, real_client: LLMPool, group: str, stream: bool
 ) -> None:
     tenant = str(uuid.uuid4())
-    # Greedy decoding: the same prompt gives the same text, so the second answer is the first
-    # one cut where the stop sequence (a piece of the first answer) begins.
-    params: dict[str, Any] = {"max_tokens": 48, "temperature": 0}
-    full, _ = await run(real_client, group, False, tenant, params=params)
+    # The text model writes the same text every time, so the second answer is the first one cut
+    # where the stop sequence (a piece of the first answer) begins.
+    full, _ = await run(real_client, group, False, tenant, params={"max_tokens": 48})
     assert full.finish_reason == "length"
     index, stop = first_unique_substring(full.content)
-    reply, _ = await run(real_client, group, stream, tenant, params={**params, "stop": [stop]})
+    server = real_pool.server(group)
+    before = server.token_counts()
+    reply, _ = await run(real_client, group, stream, tenant, params={"max_tokens": 48, "stop": [stop]})
     assert reply.finish_reason == "stop"
     assert reply.content == full.content[:index]
     assert reply.usage.completion_tokens < 48
-    assert_server_counted(reply.usage, real_pool.server(group))
+    assert_server_counted(reply.usage, server, before)
 
 
 @pytest.mark.parametrize("tool_choice", ["auto", "required"])
@@ -145,7 +151,9 @@ async def test_tool_call_with_json_arguments(
 ) -> None:
     tenant = str(uuid.uuid4())
     options: dict[str, Any] = {"tools": [WEATHER_TOOL], "tool_choice": tool_choice}
-    reply, done = await run(real_client, group, stream, tenant, params={"max_tokens": 64}, **options)
+    server = real_pool.server(group)
+    before = server.token_counts()
+    reply, done = await run(real_client, group, stream, tenant, params={"max_tokens": 256}, **options)
     assert reply.finish_reason == "tool_calls"
     [call] = reply.tool_calls
     assert call.id
@@ -155,4 +163,4 @@ async def test_tool_call_with_json_arguments(
     assert isinstance(arguments["days"], int)
     if done is not None:
         assert done.tool_calls == reply.tool_calls
-    assert_server_counted(reply.usage, real_pool.server(group))
+    assert_server_counted(reply.usage, server, before)
