@@ -1159,7 +1159,8 @@ async def versus_real_server(bench: Bench) -> None:
     server = LlamaServer(
         models["text"], tmp / "llama-server.log", slots=REAL_SLOTS, context=REAL_SLOTS * 1024, predict=tokens
     ).start()
-    real = Bench(tmp, bench.results, apis=ServerGroups({"fast": server}), deployments=REAL_DEPLOYMENTS[1:])
+    groups = ServerGroups({"fast": server, "quality": server})
+    real = Bench(tmp, bench.results, apis=groups, deployments=REAL_DEPLOYMENTS)
     assert command is not None
     config = proxy_config("openai/tiny", server.api_base("openai"), SECRETS["OPENAI_API_KEY"])
     proxy = LiteLLMProxy(command, config, tmp)
