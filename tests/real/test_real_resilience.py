@@ -36,7 +36,7 @@ async def test_quality_server_killed_mid_stream_resumes_on_fast(
     seen = f"events: {kinds.count('ChunkEvent')} chunks, then {kinds[-3:]}; the last: {events[-1]!r}"
     resets = [i for i, e in enumerate(events) if isinstance(e, ResetEvent)]
     assert resets, f"no reset: the quality server finished before it was killed; {seen}"
-    assert isinstance(events[-1], DoneEvent), seen
+    assert isinstance(events[-1], DoneEvent), f"{seen}; the workers' logs end:\n{real_pool.logs()[-3000:]}"
     assert kinds.count("DoneEvent") == 1, seen
     reply = await real_client.wait(events[-1].request_id)
     assert isinstance(reply, OkReply), reply
