@@ -1221,7 +1221,8 @@ async def versus_real_server(bench: Bench) -> None:
         "stream is its tokens over its time from the call to its end; in all, a round's tokens over "
         "the time to its last stream's end. Everything shares this machine's 2 cores: the server's "
         "2 threads, the worker, Redis, the proxy and the reading client. With 8 concurrent streams "
-        "the server itself generates far faster than any path reads (3,000-4,500 tokens/s alone), "
+        "the server itself generates far faster than any path reads (about 3,000 tokens/s for one "
+        "stream alone, by its own timings), "
         "so every path is bound by its own CPU per chunk on the cores left: LiteLLM's per-chunk "
         "work (in the worker, the proxy or the direct process), plus, for the pool, Redis and the "
         "subscriber's parsing, which the proxy and direct do not have.",
