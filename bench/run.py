@@ -33,13 +33,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.front_door import FrontDoorClient
 from bench.progress import bar, say
 from bench.proxy import LiteLLMProxy, ProxyUnavailable, ensure_venv, proxy_config
-from bench.timing import ttft_rounds
+from bench.timing import WARM_UP_STREAMS, ttft_rounds
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import ChunkEvent, Heartbeat, OkReply
 from llm_pool.settings import load_settings
 from llm_pool.testing.cluster import (
     ROOT,
+    ApiBases,
     FakeProviderProcess,
     RedisServer,
     WorkerProcess,
@@ -49,6 +50,8 @@ from llm_pool.testing.cluster import (
     worker_env,
 )
 from llm_pool.testing.front_door import FrontDoorProcess
+from llm_pool.testing.llama_server import LLAMA_CPP_PYTHON_VERSION, LlamaServer, ServerGroups, binary_path
+from llm_pool.testing.tiny_gguf import write_models
 
 REDIS_URL = os.environ.get("LLM_POOL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # One OpenAI-protocol deployment per group, so every sample takes the same path.
@@ -85,7 +88,15 @@ class Results:
 class Bench:
     """A pool on this machine: the fake provider, a settings file, worker processes."""
 
-    def __init__(self, tmp: Path, results: Results, redis_url: str = REDIS_URL) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        results: Results,
+        redis_url: str = REDIS_URL,
+        apis: ApiBases | None = None,
+        deployments: tuple[tuple[str, str, str], ...] = BENCH_DEPLOYMENTS,
+    ) -> None:
+        """``apis``: where the deployments are (default: the fake provider started here)."""
         self.tmp = tmp
         self.results = results
         self.redis_url = redis_url
@@ -95,7 +106,7 @@ class Bench:
         self.settings_path = tmp / "settings.toml"
         self.settings_path.write_text(
             settings_toml(
-                self.provider,
+                apis or self.provider,
                 self.prefix,
                 redis_url,
                 worker={
@@ -106,7 +117,7 @@ class Bench:
                     **WORKER_OVERRIDES,
                 },
                 router={"num_retries": 0, "timeout_s": 60, "stream_timeout_s": 60},
-                deployments=BENCH_DEPLOYMENTS,
+                deployments=deployments,
             )
         )
         self.settings = load_settings(self.settings_path, environ={})
@@ -1189,6 +1200,137 @@ async def wakeups(bench: Bench) -> None:
         server.stop()
 
 
+# --- 10. against a real server: llama.cpp's llama-server -----------------------------------------
+
+REAL_SLOTS = 8
+REAL_DEPLOYMENTS = (("quality", "openai", "openai/tiny"), ("fast", "openai", "openai/tiny"))
+
+
+def stream_rates(ends: list[float], streams: int, tokens: int) -> tuple[float, float]:
+    """Tokens per second: of one stream (p50 over streams, tokens over its time from request to
+    end), and of a round of ``streams`` concurrent streams (median over rounds, all their tokens
+    over the time to the last one's end)."""
+    per_stream = pct([tokens / (end / 1000) for end in ends], 50)
+    rounds = [ends[i : i + streams] for i in range(0, len(ends), streams)]
+    together = statistics.median(streams * tokens / (max(r) / 1000) for r in rounds)
+    return per_stream, together
+
+
+async def real_pool_streams(bench: Bench, streams: int, rounds: int) -> tuple[list[float], list[float]]:
+    """TTFT and end of each stream read with ``LLMPool.stream`` (ms)."""
+    ends: list[float] = []
+    async with bench.client() as client:
+        tenant = str(uuid.uuid4())
+
+        async def chunks() -> AsyncIterator[ChunkEvent]:
+            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
+                if isinstance(event, ChunkEvent):
+                    yield event
+
+        firsts = await ttft_rounds(chunks, streams, rounds, "  pool streams", ends=ends)
+    return firsts, ends
+
+
+async def real_proxy_streams(
+    proxy: LiteLLMProxy, streams: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """TTFT and end of each stream read from the LiteLLM proxy by an SSE client (ms)."""
+    ends: list[float] = []
+    async with proxy.session(streams) as session:
+        firsts = await ttft_rounds(
+            lambda: proxy.texts(session), streams, rounds, "  proxy streams", ends=ends
+        )
+    return firsts, ends
+
+
+async def versus_real_server(bench: Bench) -> None:
+    quick = bench.results.quick
+    section = "11. Against a real server: llama.cpp's llama-server"
+    say(section)
+    tokens = 64 if quick else 256
+    try:
+        binary_path()
+        command: Path | None = ensure_venv()
+    except (FileNotFoundError, ProxyUnavailable) as exc:
+        if not quick:
+            raise
+        bench.results.add(section, "llama-server or the LiteLLM proxy", f"skipped: {exc}")
+        return
+    tmp = bench.tmp / "real"
+    models = write_models(tmp / "models")
+    server = LlamaServer(
+        models["text"], tmp / "llama-server.log", slots=REAL_SLOTS, context=REAL_SLOTS * 1024, predict=tokens
+    ).start()
+    groups = ServerGroups({"fast": server, "quality": server})
+    real = Bench(tmp, bench.results, apis=groups, deployments=REAL_DEPLOYMENTS)
+    assert command is not None
+    config = proxy_config("openai/tiny", server.api_base("openai"), SECRETS["OPENAI_API_KEY"])
+    proxy = LiteLLMProxy(command, config, tmp)
+    try:
+        real.start_workers(1)  # while the proxy starts
+        say(f"  proxy answering {await proxy.wait_ready():.1f} s after its start")
+        for streams, rounds in ((1, 3), (REAL_SLOTS, 1)) if quick else ((1, 20), (REAL_SLOTS, 5)):
+            label = "1 stream" if streams == 1 else f"{streams} concurrent streams"
+            say(f"  {label} of {tokens} tokens: direct, pool, proxy")
+            times: dict[str, tuple[list[float], list[float]]] = {}
+            decoded: dict[str, int] = {}
+            for name in ("direct", "pool", "proxy"):
+                before = server.metrics()["tokens_predicted_total"]
+                if name == "direct":
+                    result = real.direct("ttft", str(streams), str(rounds))
+                    times[name] = (result["ttft_ms"], result["end_ms"])
+                elif name == "pool":
+                    times[name] = await real_pool_streams(real, streams, rounds)
+                else:
+                    times[name] = await real_proxy_streams(proxy, streams, rounds)
+                decoded[name] = int(server.metrics()["tokens_predicted_total"] - before)
+            expected = (streams * rounds + min(streams, WARM_UP_STREAMS)) * tokens
+            for name, (firsts, ends) in times.items():
+                per_stream, together = stream_rates(ends, streams, tokens)
+                got = decoded[name]
+                short = "" if got == expected else f" (server decoded {got} of {expected})"
+                bench.results.add(
+                    section,
+                    f"{label}: {name}: TTFT p50 / p99",
+                    f"{pct(firsts, 50):.2f} / {pct(firsts, 99):.2f} ms",
+                )
+                bench.results.add(
+                    section,
+                    f"{label}: {name}: tokens/s per stream (p50) / in all",
+                    f"{per_stream:.0f} / {together:.0f}{short}",
+                )
+            for name in ("pool", "proxy"):
+                bench.results.add(
+                    section,
+                    f"{label}: {name} minus direct, TTFT p50",
+                    f"{pct(times[name][0], 50) - pct(times['direct'][0], 50):.2f} ms",
+                )
+    finally:
+        proxy.stop()
+        real.close()
+        server.stop()
+    bench.results.note(
+        section,
+        f"The provider is llama.cpp's own `llama-server` (built by `make llama-server` from the "
+        f"llama.cpp that llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} vendors), serving the tiny "
+        f"random-weight text model of `llm_pool.testing.tiny_gguf` with {REAL_SLOTS} slots, `-t 2` and "
+        f"`-n {tokens}`: every answer is {tokens} tokens, one SSE chunk each (the server's own "
+        "`tokens_predicted_total` is checked for every path: a difference would be printed next to "
+        "the numbers). The three paths ran one after the other in this run against the same server: "
+        "direct is `bench/direct.py` (LiteLLM's Router in-process), pool is `LLMPool.stream` with one "
+        "worker process, proxy is the LiteLLM proxy of section 8 (its own virtualenv, one uvicorn "
+        "worker) read by an SSE client. TTFT is from the call to the first text chunk; tokens/s per "
+        "stream is its tokens over its time from the call to its end; in all, a round's tokens over "
+        "the time to its last stream's end. Everything shares this machine's 2 cores: the server's "
+        "2 threads, the worker, Redis, the proxy and the reading client. With 8 concurrent streams "
+        "the server itself generates far faster than any path reads (about 3,000 tokens/s for one "
+        "stream alone, by its own timings), "
+        "so every path is bound by its own CPU per chunk on the cores left: LiteLLM's per-chunk "
+        "work (in the worker, the proxy or the direct process), plus, for the pool, Redis and the "
+        "subscriber's parsing, which the proxy and direct do not have.",
+    )
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "roundtrip": round_trip,
     "ttft": ttft,
@@ -1200,6 +1342,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "proxy": versus_proxy,
     "wakeups": wakeups,
     "frontdoor": front_door,
+    "real": versus_real_server,
 }
 
 

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import redis
 
@@ -145,8 +145,15 @@ def deployment_name(group: str, kind: str) -> str:
     return f"{group}-{kind}"
 
 
+class ApiBases(Protocol):
+    """What ``settings_toml`` needs of a provider: the api_base of each deployment (the fake
+    provider, or ``llama_server.ServerGroups``)."""
+
+    def api_base(self, name: str, provider: str) -> str: ...
+
+
 def settings_toml(
-    provider: FakeProviderProcess,
+    provider: ApiBases,
     key_prefix: str,
     redis_url: str = "redis://127.0.0.1:6379/0",
     worker: dict[str, Any] | None = None,
@@ -155,8 +162,8 @@ def settings_toml(
     extra: str = "",
     redis_options: dict[str, Any] | None = None,
 ) -> str:
-    """A settings file for a pool whose every deployment is the fake provider (``redis_options``:
-    more ``[redis]`` keys, e.g. ``sentinels``)."""
+    """A settings file for a pool whose every deployment is on ``provider`` (the fake provider, or
+    llama-servers); ``redis_options``: more ``[redis]`` keys, e.g. ``sentinels``."""
     worker_section = {
         "poll_delay_s": 0.05,
         "heartbeat_interval_s": 1,

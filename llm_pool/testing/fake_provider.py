@@ -206,8 +206,15 @@ class OpenAIWire(Wire):
         return "length" if self.plan.truncated else "stop"
 
     def usage(self) -> JSON:
+        # As llama-server's (and OpenAI's): the prompt tokens served from a cache are a detail of
+        # prompt_tokens (none here: every prompt counts in full).
         p, c = self.plan.prompt_tokens, self.plan.completion_tokens
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        return {
+            "prompt_tokens": p,
+            "completion_tokens": c,
+            "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
 
     def tool_call(self, arguments: str) -> JSON:
         function = {"name": self.plan.tool_name, "arguments": arguments}
@@ -303,7 +310,13 @@ class AnthropicWire(Wire):
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": self.plan.prompt_tokens, "output_tokens": output_tokens},
+            # As llama-server's (and Anthropic's): input_tokens leaves out the prompt tokens read
+            # from a cache, which come apart; the prompt is their sum (none cached here).
+            "usage": {
+                "input_tokens": self.plan.prompt_tokens,
+                "cache_read_input_tokens": 0,
+                "output_tokens": output_tokens,
+            },
         }
 
     def body(self) -> JSON:
