@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from litellm.integrations.custom_logger import CustomLogger
-from litellm.types.router import RetryPolicy
-
-from llm_pool.litellm_setup import litellm
+from llm_pool.litellm_setup import CustomLogger, RetryPolicy, litellm
 from llm_pool.logging import get_logger
 from llm_pool.schemas import PROVIDERS_UNAVAILABLE_MESSAGE, CompletionRequest, FunctionCall, ToolCall, Usage
 from llm_pool.settings import Deployment, Settings
