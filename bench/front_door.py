@@ -3,16 +3,13 @@ the same way ``bench/proxy.py`` reads the LiteLLM proxy's SSE."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
 
-from bench.progress import bar
-from bench.timing import ttft_rounds
+from bench.timing import chunks_per_s, ttft_rounds
 
 PROMPT = [{"role": "user", "content": "hi"}]
 
@@ -47,16 +44,6 @@ class FrontDoorClient:
     async def chunks(self, streams: int, tokens: int) -> dict[str, float]:
         """``streams`` concurrent streams at once: the chunk lines the clients receive per second."""
         async with self.session(streams) as session:
-            received = 0
-
-            async def one() -> None:
-                nonlocal received
-                async for _ in self.texts(session):
-                    received += 1
-                    progress.update()
-
-            with bar("  chunks through the front door", total=streams * tokens, unit="chunk") as progress:
-                started = time.perf_counter()
-                await asyncio.gather(*[one() for _ in range(streams)])
-                elapsed = time.perf_counter() - started
-        return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
+            return await chunks_per_s(
+                lambda: self.texts(session), streams, tokens, "  chunks through the front door"
+            )

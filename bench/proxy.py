@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from bench.progress import bar, echo, say
-from bench.timing import ttft_rounds
+from bench.timing import chunks_per_s, ttft_rounds
 from llm_pool.testing.cluster import ROOT, free_port, stop_process
 
 VENV = ROOT / ".bench-venv"
@@ -173,19 +173,9 @@ class LiteLLMProxy:
     async def chunks(self, streams: int, tokens: int) -> dict[str, float]:
         """``streams`` concurrent streams at once: the text chunks the client receives per second."""
         async with self.session(streams) as session:
-            received = 0
-
-            async def one() -> None:
-                nonlocal received
-                async for _ in self.texts(session):
-                    received += 1
-                    progress.update()
-
-            with bar("  chunks through the proxy", total=streams * tokens, unit="chunk") as progress:
-                started = time.perf_counter()
-                await asyncio.gather(*[one() for _ in range(streams)])
-                elapsed = time.perf_counter() - started
-        return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
+            return await chunks_per_s(
+                lambda: self.texts(session), streams, tokens, "  chunks through the proxy"
+            )
 
     def stop(self) -> None:
         stop_process(self._process, timeout_s=15)

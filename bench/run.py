@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.front_door import FrontDoorClient
 from bench.progress import bar, say
 from bench.proxy import LiteLLMProxy, ProxyUnavailable, ensure_venv, proxy_config
-from bench.timing import WARM_UP_STREAMS, ttft_rounds
+from bench.timing import WARM_UP_STREAMS, chunks_per_s, ttft_rounds
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import ChunkEvent, Heartbeat, OkReply
@@ -827,20 +827,13 @@ async def pool_stream_chunks(bench: Bench, streams: int, tokens: int) -> dict[st
     """``streams`` concurrent ``LLMPool.stream`` readers at once: the chunks they receive per second."""
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
-        received = 0
 
-        async def one() -> None:
-            nonlocal received
+        async def chunk_events() -> AsyncIterator[ChunkEvent]:
             async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
                 if isinstance(event, ChunkEvent):
-                    received += 1
-                    progress.update()
+                    yield event
 
-        with bar("  chunks through LLMPool.stream", total=streams * tokens, unit="chunk") as progress:
-            started = time.perf_counter()
-            await asyncio.gather(*[one() for _ in range(streams)])
-            elapsed = time.perf_counter() - started
-    return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
+        return await chunks_per_s(chunk_events, streams, tokens, "  chunks through LLMPool.stream")
 
 
 async def front_door(bench: Bench) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, Callable
+from typing import Any
 
 from bench.progress import bar
 
@@ -50,3 +51,23 @@ async def ttft_rounds(
                 if ends is not None:
                     ends.append(end)
     return samples
+
+
+async def chunks_per_s(
+    open_stream: Callable[[], AsyncIterable[Any]], streams: int, tokens: int, desc: str
+) -> dict[str, float]:
+    """``streams`` concurrent streams at once (``open_stream`` yields one item per chunk received):
+    the chunks received per second, with a progress bar of ``streams * tokens``."""
+    received = 0
+    with bar(desc, total=streams * tokens, unit="chunk") as progress:
+
+        async def one() -> None:
+            nonlocal received
+            async for _ in open_stream():
+                received += 1
+                progress.update()
+
+        started = time.perf_counter()
+        await asyncio.gather(*[one() for _ in range(streams)])
+        elapsed = time.perf_counter() - started
+    return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
