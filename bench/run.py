@@ -302,16 +302,18 @@ async def round_trip(bench: Bench) -> None:
 # --- 2. time to first token ------------------------------------------------------------------------
 
 
+async def pool_chunks(client: LLMPool, tenant: str) -> AsyncIterator[ChunkEvent]:
+    """One ``LLMPool.stream`` of the benchmark's prompt: its chunk events."""
+    async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
+        if isinstance(event, ChunkEvent):
+            yield event
+
+
 async def pool_ttft(bench: Bench, streams: int, rounds: int) -> list[float]:
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
 
-        async def chunks() -> AsyncIterator[ChunkEvent]:
-            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
-                if isinstance(event, ChunkEvent):
-                    yield event
-
-        return await ttft_rounds(chunks, streams, rounds, "  pool streams")
+        return await ttft_rounds(lambda: pool_chunks(client, tenant), streams, rounds, "  pool streams")
 
 
 async def ttft(bench: Bench) -> None:
@@ -828,12 +830,9 @@ async def pool_stream_chunks(bench: Bench, streams: int, tokens: int) -> dict[st
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
 
-        async def chunk_events() -> AsyncIterator[ChunkEvent]:
-            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
-                if isinstance(event, ChunkEvent):
-                    yield event
-
-        return await chunks_per_s(chunk_events, streams, tokens, "  chunks through LLMPool.stream")
+        return await chunks_per_s(
+            lambda: pool_chunks(client, tenant), streams, tokens, "  chunks through LLMPool.stream"
+        )
 
 
 async def front_door(bench: Bench) -> None:
@@ -1215,12 +1214,9 @@ async def real_pool_streams(bench: Bench, streams: int, rounds: int) -> tuple[li
     async with bench.client() as client:
         tenant = str(uuid.uuid4())
 
-        async def chunks() -> AsyncIterator[ChunkEvent]:
-            async for event in client.stream("fast", [{"role": "user", "content": "hi"}], tenant):
-                if isinstance(event, ChunkEvent):
-                    yield event
-
-        firsts = await ttft_rounds(chunks, streams, rounds, "  pool streams", ends=ends)
+        firsts = await ttft_rounds(
+            lambda: pool_chunks(client, tenant), streams, rounds, "  pool streams", ends=ends
+        )
     return firsts, ends
 
 

@@ -23,6 +23,7 @@ from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
 from llm_pool.testing.front_door import FrontDoorProcess
 from tests.helpers import (
     TENANT,
+    WEATHER_TOOL,
     Pool,
     cleanup,
     decode,
@@ -36,14 +37,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.e2e
 
 EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 def body(**overrides: Any) -> dict[str, Any]:
