@@ -44,6 +44,7 @@ from llm_pool.testing.cluster import (
     FakeProviderProcess,
     RedisServer,
     WorkerProcess,
+    aforget_keys,
     deployment_name,
     free_port,
     settings_toml,
@@ -1346,9 +1347,7 @@ async def run(args: argparse.Namespace) -> Results:
         finally:
             bench.close()
             client = aioredis.Redis.from_url(REDIS_URL)
-            keys = [k async for k in client.scan_iter(match=f"{bench.prefix}:*", count=1000)]
-            if keys:
-                await client.delete(*keys)
+            await aforget_keys(client, f"{bench.prefix}:*")
             await client.aclose()
     return results
 

@@ -29,6 +29,7 @@ from llm_pool.testing.cluster import (
     DEPLOYMENTS,
     FakeProviderProcess,
     WorkerProcess,
+    forget_keys,
     settings_toml,
     worker_env,
 )
@@ -131,8 +132,7 @@ def run_demo(prompt: str, redis_url: str | None = None) -> int:
             worker.stop()
             provider.stop()
             client = redis.Redis.from_url(url)
-            for key in client.scan_iter(match=f"{prefix}:*"):
-                client.delete(key)
+            forget_keys(client, f"{prefix}:*")
             client.close()
     _say(
         "\nThat answer came from the OFFLINE FAKE PROVIDER (llm_pool/testing/fake_provider.py),\n"

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
-from llm_pool.testing.cluster import FakeProviderProcess
+from llm_pool.testing.cluster import FakeProviderProcess, aforget_keys, forget_keys
 from tests.helpers import ALLOWED_CHANNELS, REDIS_URL, Pool
 from tests.support.inprocess import InProcessWorker, mock_settings
 
@@ -114,8 +114,7 @@ def pool(
     yield the_pool
     for worker in the_pool.workers:
         worker.stop()
-    for key in redis_sync.scan_iter(match=f"{the_pool.prefix}:*", count=1000):
-        redis_sync.delete(key)
+    forget_keys(redis_sync, f"{the_pool.prefix}:*")
 
 
 @pytest.fixture(autouse=True)
@@ -139,10 +138,7 @@ async def idle(tmp_path: Path, provider: FakeProviderProcess) -> AsyncIterator[P
     yield the_pool
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{the_pool.prefix}:*")]
-        keys += [k async for k in client.scan_iter(match="arq:job:api-*")]
-        if keys:
-            await client.delete(*keys)
+        await aforget_keys(client, f"{the_pool.prefix}:*", "arq:job:api-*")
     finally:
         await client.aclose()
 
@@ -166,10 +162,7 @@ async def inproc() -> AsyncIterator[InProcessWorker]:
     await worker.start()
     yield worker
     await worker.stop()
-    prefix = worker.settings.redis.key_prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
+    await aforget_keys(client, f"{worker.settings.redis.key_prefix}:*")
     await client.aclose()
 
 
@@ -178,6 +171,4 @@ async def scratch_keys(aredis: aioredis.Redis) -> AsyncIterator[Keys]:
     """Key names under a prefix of the test's own on the shared Redis, deleted afterwards."""
     keys = Keys(f"t{uuid.uuid4().hex[:10]}")
     yield keys
-    names = [key async for key in aredis.scan_iter(match=f"{keys.prefix}:*", count=1000)]
-    if names:
-        await aredis.delete(*names)
+    await aforget_keys(aredis, f"{keys.prefix}:*")

@@ -28,6 +28,7 @@ from llm_pool.testing.cluster import (
     FakeProviderProcess,
     RedisServer,
     WorkerProcess,
+    forget_keys,
     free_port,
     settings_toml,
     worker_env,
@@ -133,6 +134,9 @@ def decode(raw: bytes | str | None) -> dict[str, Any]:
     assert isinstance(value, dict)
     return value
 
+
+# What the fake provider streams by default: 8 tokens, "tok0 " to "tok7 ".
+EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
 
 WEATHER_TOOL = {
     "type": "function",
@@ -299,8 +303,7 @@ def cleanup(pool: Pool, request_ids: list[str] | None = None) -> None:
         return  # a private server: it goes away with everything on it
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        for key in client.scan_iter(match=f"{pool.prefix}:*", count=1000):
-            client.delete(key)
+        forget_keys(client, f"{pool.prefix}:*")
         for request_id in request_ids or []:
             client.delete(*(prefix + request_id.encode() for prefix in ARQ_PREFIXES))
     finally:

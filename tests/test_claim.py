@@ -20,6 +20,7 @@ from llm_pool.enqueue import Enqueuer
 from llm_pool.fairness import index_tenant
 from llm_pool.keys import Keys
 from llm_pool.settings import TenantLimits, TenantsSection
+from llm_pool.testing.cluster import aforget_keys
 from worker.claim import Claimer
 
 A, B, C = (str(uuid.uuid4()) for _ in range(3))
@@ -29,7 +30,7 @@ A, B, C = (str(uuid.uuid4()) for _ in range(3))
 async def keys(aredis: aioredis.Redis) -> AsyncIterator[Keys]:
     keys = Keys(f"t{uuid.uuid4().hex[:10]}")
     yield keys
-    await aredis.delete(*[k async for k in aredis.scan_iter(match=f"{keys.prefix}:*")])
+    await aforget_keys(aredis, f"{keys.prefix}:*")
 
 
 class Queue:

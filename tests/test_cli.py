@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
-from llm_pool.testing.cluster import FakeProviderProcess
+from llm_pool.testing.cluster import FakeProviderProcess, aforget_keys
 from tests.helpers import REDIS_URL, Pool, fail_group, request, run_plain, user
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +71,7 @@ async def test_queue_and_request_show_waiting_jobs_by_tenant(
     # Jobs enqueued within one millisecond tie on score and go in id order, as in arq's queue.
     assert sorted(s["ahead_of_it_for_its_tenant"] for s in states) == [0, 1, 2]
     assert all(s["tenants_waiting"] == 2 for s in states)
-    await aredis.delete(*[k async for k in aredis.scan_iter(match=f"{idle.prefix}:*")])
+    await aforget_keys(aredis, f"{idle.prefix}:*")
     await aredis.delete(*[f"arq:job:{i}" for i in ids])
 
 

@@ -40,6 +40,7 @@ from llm_pool.testing.cluster import (
     FakeProviderProcess,
     RedisServer,
     SentinelServer,
+    forget_keys,
     free_port,
 )
 from tests.helpers import REDIS_URL, Pool, user
@@ -260,8 +261,7 @@ async def test_too_few_replica_acks_are_logged_and_counted() -> None:
         assert shared.exists(f"arq:job:{request_id}")
     finally:
         await outbox.close()
-        for key in shared.scan_iter(match=f"{prefix}:*", count=1000):
-            shared.delete(key)
+        forget_keys(shared, f"{prefix}:*")
         shared.delete(f"arq:job:{request_id}")
         shared.close()
 

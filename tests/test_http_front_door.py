@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
 from llm_pool.testing.front_door import FrontDoorProcess
 from tests.helpers import (
+    EXPECTED_TEXT,
     TENANT,
     WEATHER_TOOL,
     Pool,
@@ -35,8 +36,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.e2e
-
-EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
 
 
 def body(**overrides: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llm_pool.testing.cluster import ROOT, clean_environment, worker_command
-from tests.helpers import REDIS_URL
+from tests.helpers import EXPECTED_TEXT, REDIS_URL
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,7 @@ POOL_SCRIPT = textwrap.dedent(
     from llm_pool.client import LLMPool
     from llm_pool.keys import Keys
     from llm_pool.settings import load_settings
+    from llm_pool.testing import cluster
     from llm_pool.testing.cluster import FakeProviderProcess, WorkerProcess, settings_toml, worker_env
 
     redis_url, tmp = sys.argv[1], Path(sys.argv[2])
@@ -54,8 +55,7 @@ POOL_SCRIPT = textwrap.dedent(
         process.stop()
         provider.stop()
         client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=f"{prefix}:*"):
-            client.delete(key)
+        cluster.forget_keys(client, f"{prefix}:*")
         client.close()
     print(json.dumps({
         "modules": [llm_pool.__file__, worker.__file__],
@@ -140,7 +140,7 @@ def test_installed_worker_serves_llmpool_complete(installed: Path, tmp_path: Pat
     assert all(module.startswith(str(installed)) for module in result["modules"]), result["modules"]
     reply = result["reply"]
     assert reply["status"] == "ok", reply
-    assert reply["content"] == "".join(f"tok{i} " for i in range(8)) and reply["model"] == "fast"
+    assert reply["content"] == EXPECTED_TEXT and reply["model"] == "fast"
     assert reply["usage"]["prompt_tokens"] == 3 and reply["usage"]["completion_tokens"] == 8
     assert f"{tmp_path}/pool.toml (LLM_POOL_SETTINGS)" in result["log"]  # the worker_starting line
 

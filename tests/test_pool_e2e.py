@@ -19,6 +19,7 @@ from llm_pool.client import LLMPool
 from llm_pool.schemas import ChunkEvent, DoneEvent, ErrorCode, ErrorReply, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS
 from tests.helpers import (
+    EXPECTED_TEXT,
     REDIS_URL,
     TENANT,
     WEATHER_TOOL,
@@ -34,7 +35,6 @@ from tests.plain import Listener, plain_arq
 
 pytestmark = pytest.mark.e2e
 
-EXPECTED_TEXT = "".join(f"tok{i} " for i in range(8))
 FAST_MODELS = {model for group, _, model in DEPLOYMENTS if group == "fast"}
 QUALITY_MODELS = {model for group, _, model in DEPLOYMENTS if group == "quality"}
 

@@ -21,6 +21,7 @@ from llm_pool.client import LLMPool
 from llm_pool.keys import Keys
 from llm_pool.schemas import Heartbeat, OkReply
 from llm_pool.settings import Settings
+from llm_pool.testing.cluster import forget_keys
 from tests.helpers import REDIS_URL, TENANT, user, wait_for_key
 from worker.heartbeat import HeartbeatTask, WorkerIdInUse
 from worker.leases import LeaseKeeper
@@ -42,8 +43,7 @@ def settings(prefix: str, **worker: object) -> Settings:
 def prefix(redis_sync: redis.Redis) -> Iterator[str]:
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
-    for key in redis_sync.scan_iter(match=f"{name}:*", count=1000):
-        redis_sync.delete(key)
+    forget_keys(redis_sync, f"{name}:*")
 
 
 @pytest.fixture

@@ -45,6 +45,14 @@ def _process_gone(beat: Heartbeat) -> bool:
     return False
 
 
+def _parsed(raw: bytes | None) -> Heartbeat | None:
+    """A heartbeat key's value, or None when there is none or it is not a heartbeat."""
+    try:
+        return Heartbeat.model_validate_json(raw) if raw is not None else None
+    except ValidationError:
+        return None
+
+
 class HeartbeatTask:
     """Sets ``P:heartbeat:{worker_id}`` every interval with a TTL of three intervals."""
 
@@ -53,6 +61,7 @@ class HeartbeatTask:
         self._key = key
         self._interval_s = interval_s
         self._snapshot = snapshot
+        self._ttl_ms = int(interval_s * 3 * 1000)
         self._task: asyncio.Task[None] | None = None
         self._outage = OutageLog(log, "heartbeat_failed", "heartbeat_recovered")
 
@@ -61,12 +70,11 @@ class HeartbeatTask:
 
         A full Redis (``maxmemory``, ``noeviction``) refuses the SET but still allows PEXPIRE: the
         last value is kept alive meanwhile, so a worker that is alive stays in the pool."""
-        ttl_ms = int(self._interval_s * 3 * 1000)
         try:
-            await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms)
+            await self._redis.set(self._key, self._snapshot().model_dump_json(), px=self._ttl_ms)
         except ResponseError as exc:
             if out_of_memory(exc):
-                await self._redis.pexpire(self._key, ttl_ms)
+                await self._redis.pexpire(self._key, self._ttl_ms)
             raise
 
     async def take_identity(self) -> None:
@@ -76,36 +84,26 @@ class HeartbeatTask:
         gone (same host, pid not running) or when it is not rewritten within
         ``LIVENESS_WATCH_INTERVALS`` heartbeat intervals (a crashed worker's key, until its TTL
         ends); then this worker takes it over. Otherwise raises ``WorkerIdInUse``."""
-        ttl_ms = int(self._interval_s * 3 * 1000)
-        if await self._redis.set(self._key, self._snapshot().model_dump_json(), px=ttl_ms, nx=True):
+        if await self._redis.set(self._key, self._snapshot().model_dump_json(), px=self._ttl_ms, nx=True):
             return
         seen = await self._redis.get(self._key)
-        if seen is not None and not self._written_by_gone_process(seen):
+        found = _parsed(seen)
+        if seen is not None and not (found is not None and _process_gone(found)):
             await asyncio.sleep(self._interval_s * LIVENESS_WATCH_INTERVALS)
             now = await self._redis.get(self._key)
             if now is not None and now != seen:
-                holder = self._holder(now)
+                holder = _parsed(now)
+                who = (
+                    f"host {holder.host}, pid {holder.pid}, started {holder.started_at}"
+                    if holder
+                    else "unreadable heartbeat"
+                )
                 raise WorkerIdInUse(
-                    f"another live worker has this worker id ({holder}); "
+                    f"another live worker has this worker id ({who}); "
                     "give each worker its own worker.worker_id, or leave it empty"
                 )
         log.info("worker_id_taken_over", detail="the previous holder stopped beating")
         await self.beat()
-
-    @staticmethod
-    def _holder(raw: bytes) -> str:
-        try:
-            beat = Heartbeat.model_validate_json(raw)
-        except ValidationError:
-            return "unreadable heartbeat"
-        return f"host {beat.host}, pid {beat.pid}, started {beat.started_at}"
-
-    @staticmethod
-    def _written_by_gone_process(raw: bytes) -> bool:
-        try:
-            return _process_gone(Heartbeat.model_validate_json(raw))
-        except ValidationError:
-            return False
 
     async def _run(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import redis
+import redis.asyncio as aioredis
 
 # The source checkout, for tests and benchmarks run from it; nothing that runs a pool reads it.
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,6 +254,22 @@ def worker_env(settings_path: Path, secrets: dict[str, str]) -> dict[str, str]:
         "LLM_POOL_SETTINGS": str(settings_path),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def forget_keys(client: redis.Redis, *patterns: str) -> None:
+    """Delete every key matching one of ``patterns`` (globs, e.g. ``"P:*"``): what a pool under a
+    prefix of its own left in a shared Redis."""
+    for pattern in patterns:
+        for key in client.scan_iter(match=pattern, count=1000):
+            client.delete(key)
+
+
+async def aforget_keys(client: aioredis.Redis, *patterns: str) -> None:
+    """``forget_keys`` for an asyncio client."""
+    for pattern in patterns:
+        keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+        if keys:
+            await client.delete(*keys)
 
 
 class RedisServer:
