@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from bench.progress import bar
 
@@ -71,3 +74,20 @@ async def chunks_per_s(
         await asyncio.gather(*[one() for _ in range(streams)])
         elapsed = time.perf_counter() - started
     return {"chunks": received, "seconds": elapsed, "chunks_per_s": received / elapsed}
+
+
+async def enqueue_to_done_ms(
+    listener: aioredis.Redis, channel: str, enqueue: Callable[[], Awaitable[object]]
+) -> float:
+    """One streamed job: subscribe to its ``channel``, then ``enqueue()`` it; milliseconds from the
+    enqueue to its final event (``done`` or ``error``) on the channel."""
+    async with listener.pubsub() as pubsub:
+        await pubsub.subscribe(channel)
+        while (await pubsub.get_message(timeout=5)) is None:
+            pass  # the subscription's confirmation
+        started = time.perf_counter()
+        await enqueue()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
+            if message is not None and json.loads(message["data"])["type"] in ("done", "error"):
+                return (time.perf_counter() - started) * 1000

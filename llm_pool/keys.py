@@ -114,7 +114,11 @@ class Keys:
         return f"{self.prefix}:client:{token}"
 
     def reply(self, request_id: str) -> str:
-        return f"{self.prefix}:reply:{request_id}"
+        return f"{self.reply_prefix}{request_id}"
+
+    @property
+    def reply_prefix(self) -> str:
+        return f"{self.prefix}:reply:"
 
     def stream(self, request_id: str) -> str:
         return f"{self.prefix}:stream:{request_id}"
@@ -144,7 +148,11 @@ class Keys:
         return f"{self.prefix}:heartbeat:*"
 
     def cancel(self, request_id: str) -> str:
-        return f"{self.prefix}:cancel:{request_id}"
+        return f"{self.cancel_prefix}{request_id}"
+
+    @property
+    def cancel_prefix(self) -> str:
+        return f"{self.prefix}:cancel:"
 
     def rate(self, tenant_id: str, kind: str, minute: int) -> str:
         """Per-minute counter of a tenant's requests (``rpm``) or tokens (``tpm``)."""

@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import redis
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from llm_pool.keys import Keys
 from llm_pool.settings import Settings, load_settings
@@ -398,3 +400,17 @@ JUNK = {
     "LLM_POOL__WORKER__MAX_JOBS": "junk",
     "LLM_POOL__REDIS__URL": "junk",
 }
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A worker's /metrics: (sample name, its labels) -> value."""
+    text = httpx.get(url, timeout=5).raise_for_status().text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

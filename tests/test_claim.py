@@ -73,7 +73,7 @@ class Queue:
 
     async def cleanup(self) -> None:
         for job_id in self.ids:
-            await self.redis.delete(f"arq:in-progress:{job_id}", f"arq:job:{job_id}")
+            await self.redis.delete(f"arq:in-progress:{job_id}", f"arq:job:{job_id}", self.keys.retry(job_id))
 
 
 @pytest.fixture
@@ -248,3 +248,51 @@ async def test_entries_that_cannot_be_request_ids_are_dead_lettered(queue: Queue
     assert not await redis.exists(b"arq:job:" + too_long)
     assert not await redis.exists(queue.keys.due_prefix.encode() + too_long)
     assert (await queue.claimer.claim(5)).jobs == []
+
+
+async def test_a_claim_starts_each_jobs_run(queue: Queue) -> None:
+    """In the claim's round trip: the try is counted, the envelope read when it may be, and the
+    reply and cancel keys looked at (what worker/runner.py decides on)."""
+    redis, keys = queue.redis, queue.keys
+    [job] = await queue.put(A)
+    body = await redis.get(f"arq:job:{job}")
+    await redis.set(keys.cancel(job), "1", ex=60)
+    [first] = (await queue.claimer.claim(5)).jobs
+    assert (first.job_id, first.attempt, first.envelope, first.reply, first.cancelled) == (
+        job,
+        1,
+        body,
+        None,
+        True,
+    )
+    assert first.envelope_bytes == len(body or b"")
+    assert 0 < int(await redis.ttl(keys.retry(job))) <= 88_400
+
+    # The run answered, then stopped before recording the job's end: the next claim sees the reply
+    # and does not read the envelope.
+    await redis.delete(keys.claim(job), keys.cancel(job))
+    await redis.set(keys.reply(job), b'{"status": "ok"}', ex=60)
+    [second] = (await queue.claimer.claim(5)).jobs
+    assert (second.attempt, second.reply, second.envelope, second.cancelled) == (
+        2,
+        b'{"status": "ok"}',
+        None,
+        False,
+    )
+
+
+async def test_a_claim_reads_no_envelope_past_the_tries_or_the_size(
+    aredis: aioredis.Redis, keys: Keys
+) -> None:
+    queue = Queue(aredis, keys)
+    small = Claimer(aredis, keys, TenantsSection(), lease_ms=5000, max_envelope_bytes=50, max_tries=1)
+    try:
+        [job] = await queue.put(A)
+        [big] = (await small.claim(5)).jobs
+        assert big.envelope is None and big.envelope_bytes > 50 and big.attempt == 1
+        await aredis.delete(keys.claim(job))
+        queue.claimer = Claimer(aredis, keys, TenantsSection(), lease_ms=5000, max_tries=1)
+        [again] = (await queue.claimer.claim(5)).jobs
+        assert again.attempt == 2 and again.envelope is None, "over worker.max_tries: not read"
+    finally:
+        await queue.cleanup()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import ErrorReply, OkReply
 from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, WorkerProcess, free_port
-from tests.helpers import REDIS_URL, Pool, user
+from tests.helpers import REDIS_URL, Pool, scrape, user, value
 
 pytestmark = pytest.mark.e2e
 
@@ -29,19 +27,6 @@ def mpool(
     pool.wait_ready(pool.start_worker())
     yield pool, f"http://127.0.0.1:{port}/metrics"
     pool.stop()
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(url, timeout=5).raise_for_status().text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_metrics_count_requests_tokens_fallbacks_and_ttft(

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 
 from llm_pool.client import LLMPool
 from llm_pool.schemas import OkReply
-from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess
-from tests.helpers import TENANT, Pool, own_pool, private_redis, user, wait_for_key
+from llm_pool.testing.cluster import DEPLOYMENTS, FakeProviderProcess, WorkerProcess, free_port
+from tests.helpers import TENANT, Pool, own_pool, private_redis, scrape, user, value, wait_for_key
 from tests.plain import plain_arq
 
 pytestmark = pytest.mark.e2e
@@ -121,27 +121,40 @@ async def rpush_calls(client: aioredis.Redis) -> int:
     return int(stats.get("cmdstat_rpush", {}).get("calls", 0))
 
 
-async def test_each_job_pushes_one_token_with_the_relay_on(
+async def test_each_job_wakes_one_worker_with_the_relay_on(
     tmp_path: Path, provider: FakeProviderProcess
 ) -> None:
-    """The relay turns plain arq's ``zadd`` into a token; the pool's enqueue script pushes its own
-    token and adds its entry with ``ZINCRBY`` (event ``zincr``), so the relay leaves it alone."""
+    """The relay wakes one worker per plain-arq ``zadd``: itself when it is idle, else with a token.
+    The pool's enqueue script pushes its own token and adds its entry with ``ZINCRBY`` (event
+    ``zincr``), so the relay leaves it alone."""
     provider.configure_deployments(DEPLOYMENTS, tokens=1)
-    with (
-        private_redis({"notify-keyspace-events": "Kz"}) as server,
-        own_pool(tmp_path, provider, 2, redis_url=server.url, worker=SLOW_POLL) as pool,
-    ):
-        await asyncio.sleep(0.5)  # a relay takes the lease
+    with private_redis({"notify-keyspace-events": "Kz"}) as server:
+        pool = Pool(tmp_path, provider, redis_url=server.url, worker=SLOW_POLL)
+        urls = []
+        for _ in range(2):
+            port = free_port()
+            env = {**pool.env, "LLM_POOL__METRICS__PORT": str(port), "LLM_POOL__METRICS__HOST": "127.0.0.1"}
+            pool.workers.append(WorkerProcess(f"w-{uuid.uuid4().hex[:6]}", env, pool.tmp))
+            urls.append(f"http://127.0.0.1:{port}/metrics")
         client = aioredis.Redis.from_url(server.url)
         events = client.pubsub()
-        await events.subscribe(f"__keyspace@0__:{pool.keys.queue}")
         try:
+            pool.wait_ready(*pool.workers)
+            await asyncio.sleep(0.5)  # a relay takes the lease
+            await events.subscribe(f"__keyspace@0__:{pool.keys.queue}")
             before = await rpush_calls(client)
             async with LLMPool(pool.settings, redis_url=server.url) as caller:
                 for _ in range(5):
                     assert isinstance(await caller.complete("fast", user(), TENANT), OkReply)
             await plain_arq_pickup_ms(pool, server.url, 5)
-            assert await rpush_calls(client) - before == 10, "one wake-up token per job"
+            relayed = {
+                how: sum(value(scrape(url), "llm_pool_wake_relay_jobs_total", how=how) for url in urls)
+                for how in ("here", "token")
+            }
+            assert relayed["here"] + relayed["token"] == 5, relayed
+            assert relayed["here"] >= 1, "an idle relay claims the job itself"
+            pushed = await rpush_calls(client) - before
+            assert pushed == 5 + relayed["token"], "one wake-up token per job the relay did not take"
             seen = []
             deadline = time.monotonic() + 1
             while time.monotonic() < deadline:  # None also stands for the ignored confirmation
@@ -152,3 +165,4 @@ async def test_each_job_pushes_one_token_with_the_relay_on(
         finally:
             await events.aclose()
             await client.aclose()
+            pool.stop()

@@ -1,4 +1,5 @@
--- Claim up to `want` waiting jobs, round-robin over tenants, in Redis's clock (worker/claim.py).
+-- Claim up to `want` waiting jobs, round-robin over tenants, in Redis's clock, and start each one's
+-- run (worker/claim.py, worker/runner.py).
 --
 -- KEYS[1]  queue (P:queue)
 -- KEYS[2]  the fair-share index's jobs hash (P:fair:jobs)
@@ -22,12 +23,20 @@
 -- ARGV[13] prefix of a job's due key (P:due:)
 -- ARGV[14] prefix of a tenant's waiting jobs (P:fair:q:)
 -- ARGV[15] prefix of a capped tenant's running jobs (P:fair:running:)
--- Returns {now, id, due, id, due, ...}: Redis's time (ms) and the jobs claimed.
+-- ARGV[16] prefix of a job's try counter (arq:retry:)
+-- ARGV[17] prefix of a request's reply key (P:reply:)
+-- ARGV[18] prefix of a request's cancel key (P:cancel:)
+-- ARGV[19] the try counter's TTL (s)
+-- ARGV[20] max_tries: after this many tries a job's envelope is not read
+-- Returns {now, then 7 fields per job claimed: id, due, attempt, envelope size, reply or false,
+-- envelope or false, cancelled (1 or 0)}: Redis's time (ms), and for each job when it was due and
+-- the start of its run (start_of).
 -- fair_add(index, id, score, tenant) is prepended from llm_pool/fairness.py.
 --
 -- Which job and tenant keys it touches depends on what it reads (the queue's entries, each job's
 -- tenant), so those cannot be listed in KEYS before the call: they are named here, in one place
--- (job_key, claim_key, due_key, tenant_queue, tenant_running), from the prefixes in ARGV.
+-- (job_key, claim_key, due_key, retry_key, reply_key, cancel_key, tenant_queue, tenant_running),
+-- from the prefixes in ARGV.
 
 local queue, jobs, tenants, turn, sweep, sweep_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local want = tonumber(ARGV[1])
@@ -42,10 +51,15 @@ local skew_ms = tonumber(ARGV[9])
 local max_envelope = tonumber(ARGV[10])
 local job_prefix, claim_prefix, due_prefix = ARGV[11], ARGV[12], ARGV[13]
 local tenant_queue_prefix, tenant_running_prefix = ARGV[14], ARGV[15]
+local retry_prefix, reply_prefix, cancel_prefix = ARGV[16], ARGV[17], ARGV[18]
+local retry_ttl, max_tries = ARGV[19], tonumber(ARGV[20])
 
 local function job_key(id) return job_prefix .. id end
 local function claim_key(id) return claim_prefix .. id end
 local function due_key(id) return due_prefix .. id end
+local function retry_key(id) return retry_prefix .. id end
+local function reply_key(id) return reply_prefix .. id end
+local function cancel_key(id) return cancel_prefix .. id end
 local function tenant_queue(tenant) return tenant_queue_prefix .. tenant end
 local function tenant_running(tenant) return tenant_running_prefix .. tenant end
 local function index_of(tenant)
@@ -130,7 +144,6 @@ if redis.call('SET', sweep, '1', 'NX', 'PX', sweep_period_ms) then
   redis.call('SET', sweep_at, at)
 end
 
--- 3. claims, round-robin over tenants
 local function room_of(tenant)
   local cap = caps[tenant] or default_cap
   if cap <= 0 then return math.huge end
@@ -164,14 +177,32 @@ local function next_ready(tenant)
   end
 end
 
+-- The start of a claimed job's run, in the same round trip (worker/runner.py): count the try, then
+-- read whether the request has its reply already (an earlier run answered and stopped before the
+-- end), whether its caller cancelled it and, when it may be read, its envelope.
+local function start_of(id)
+  local retry = retry_key(id)
+  local attempt = redis.call('INCR', retry)
+  redis.call('EXPIRE', retry, retry_ttl)
+  local size = redis.call('STRLEN', job_key(id))
+  local reply = redis.call('GET', reply_key(id))
+  local envelope = false
+  if not reply and attempt <= max_tries and size > 0 and size <= max_envelope then
+    envelope = redis.call('GET', job_key(id))
+  end
+  return {attempt, size, reply, envelope, redis.call('EXISTS', cancel_key(id))}
+end
+
+-- 3. claims, round-robin over tenants, each claimed job started at once
 local order = redis.call('ZRANGE', tenants, 0, max_tenants - 1)
 local room = {}
 local claimed = {now}
+local count = 0
 local progress = true
-while progress and #claimed < want * 2 + 1 do
+while progress and count < want do
   progress = false
   for _, tenant in ipairs(order) do
-    if #claimed >= want * 2 + 1 then break end
+    if count >= want then break end
     if room[tenant] == nil then room[tenant] = room_of(tenant) end
     if room[tenant] > 0 then
       local id, due = next_ready(tenant)
@@ -188,8 +219,12 @@ while progress and #claimed < want * 2 + 1 do
           redis.call('ZREM', tenants, tenant)
         end
         room[tenant] = room[tenant] - 1
+        count = count + 1
         claimed[#claimed + 1] = id
         claimed[#claimed + 1] = due
+        for _, field in ipairs(start_of(id)) do
+          claimed[#claimed + 1] = field
+        end
         progress = true
       else
         room[tenant] = 0

@@ -10,7 +10,11 @@ One call of ``claim.lua`` does three things atomically:
    their worker died or was drained, and any the first step missed;
 3. claims up to ``want`` jobs round-robin over the tenants in turn order, one job per tenant per
    pass, skipping tenants at their cap. A claim is arq's own (``SET arq:in-progress:{id} NX``,
-   here with a lease renewed by the worker), so arq's ``Job.status()`` reports it ``in_progress``.
+   here with a lease renewed by the worker), so arq's ``Job.status()`` reports it ``in_progress``;
+4. starts each claimed job's run in the same round trip: counts the try (``arq:retry:{id}``) and
+   reads the envelope's size, whether the request has its reply already and whether its caller
+   cancelled it, and the envelope itself when it may be read (``Claim``; ``worker/runner.py``
+   decides what to do with them).
 
 A tenant's running jobs are those of ``P:fair:running:{tenant}`` whose ``arq:in-progress:`` key
 still exists: arq deletes it when the job ends, and a dead worker's lease expires, so the count
@@ -43,14 +47,24 @@ log = get_logger("worker.claim")
 CLAIM_LUA = FAIR_ADD_LUA + (files("worker") / "claim.lua").read_text(encoding="utf-8")
 DEAD_LETTER_LUA = (files("worker") / "dead_letter.lua").read_text(encoding="utf-8")
 DEAD_LETTER_KEEP = 10_000
+RETRY_KEY_TTL_S = 88_400  # arq's
+FIELDS_PER_JOB = 7
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A job this worker now holds: its id and when it was due, both as Redis has them."""
+    """A job this worker now holds: its id and when it was due (Redis's clock), and the start of its
+    run: the try it is (counted), its envelope's size, the reply if the request has one already,
+    the envelope when it was read (no reply yet, within the tries and the size limit), and whether
+    the caller had cancelled it."""
 
     job_id: str
     due_ms: int
+    attempt: int = 1
+    envelope_bytes: int = 0
+    reply: bytes | None = None
+    envelope: bytes | None = None
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class Claimer:
         lease_ms: int,
         max_clock_skew_ms: int = 2000,
         max_envelope_bytes: int = 2_000_000,
+        max_tries: int = 5,
         index_newest: int = 50,
         sweep_batch: int = 1000,
         sweep_period_ms: int = 250,
@@ -104,15 +119,22 @@ class Claimer:
             keys.due_prefix,
             keys.fair_queue_prefix,
             keys.fair_running_prefix,
+            keys.retry_prefix,
+            keys.reply_prefix,
+            keys.cancel_prefix,
+            RETRY_KEY_TTL_S,
+            max_tries,
         ]
 
     async def claim(self, count: int) -> Claimed:
         flat = await self._script(keys=self._static_keys, args=[count, *self._static_args])
         jobs = []
-        for raw_id, due in zip(flat[1::2], flat[2::2], strict=True):
+        for at in range(1, len(flat), FIELDS_PER_JOB):
+            raw_id, due, attempt, size, reply, envelope, cancelled = flat[at : at + FIELDS_PER_JOB]
             job_id = await self._usable_id(raw_id)
             if job_id is not None:
-                jobs.append(Claim(job_id, int(due)))
+                start = (int(attempt), int(size), reply or None, envelope or None, bool(cancelled))
+                jobs.append(Claim(job_id, int(due), *start))
         return Claimed(int(flat[0]), jobs)
 
     async def _usable_id(self, raw_id: bytes) -> str | None:

@@ -47,11 +47,15 @@ YIELD_EVERY_CHUNKS = 8
 
 @dataclass(frozen=True)
 class JobInfo:
-    """What arq tells us about the job: its id (the request id), try number and enqueue time."""
+    """What arq tells us about the job: its id (the request id), try number and enqueue time.
+
+    ``cancel_requested``: whether ``P:cancel:{id}`` existed when the run started (the runner reads
+    it with the start, in the same round trip); None: not read yet, the execution asks Redis."""
 
     request_id: str
     attempt: int
     enqueued_ms: int
+    cancel_requested: bool | None = None
 
 
 class RequestFailed(Exception):
@@ -124,6 +128,7 @@ class Execution:
         self._job = job
         self._stream = stream
         self._started = time.monotonic()
+        self._out = state.outbox.writer()
         self._attempt = job.attempt
         self._log = log.bind(request_id=job.request_id, worker_id=state.worker_id, attempt=job.attempt)
 
@@ -200,7 +205,7 @@ class Execution:
         remaining = deadline_s - time.time()
         if remaining <= 0:
             raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed while it was queued")
-        if await self._state.cancels.is_requested(self._job.request_id):
+        if await self._cancel_requested():
             raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller before it started")
         limits = self._state.settings.tenants.limits_for(request.tenant_id)
         refusal = await self._state.limiter.admit(request.tenant_id, limits)
@@ -212,14 +217,19 @@ class Execution:
         metrics.queue_wait.observe(queued_ms / 1000)
         if self._job.attempt > 1:
             metrics.retries.labels(metrics.group(request.model), "rerun").inc()
-        work: asyncio.Task[Completion] = asyncio.get_running_loop().create_task(self._call(group, request))
-        self._state.cancels.watch(self._job.request_id, work)
+        # The call runs in this task (no task of its own to wait for: the reply is written as soon
+        # as the stream ends, before the loop turns to anything else); a cancel cancels this task.
+        task = asyncio.current_task()
+        assert task is not None
+        self._state.cancels.watch(self._job.request_id, task)
         try:
-            completion = await asyncio.wait_for(work, remaining)
+            async with asyncio.timeout(remaining):
+                completion = await self._call(group, request)
         except TimeoutError:
             raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed while it ran") from None
         except asyncio.CancelledError:
             if self._state.cancels.unwatch(self._job.request_id):
+                task.uncancel()
                 raise RequestFailed(ErrorCode.CANCELLED, "cancelled by the caller") from None
             raise
         except ProvidersUnavailable as exc:
@@ -246,6 +256,11 @@ class Execution:
             latency_ms=self._latency_ms(),
             metadata=request.metadata or {},
         )
+
+    async def _cancel_requested(self) -> bool:
+        if self._job.cancel_requested is not None:
+            return self._job.cancel_requested
+        return await self._state.cancels.is_requested(self._job.request_id)
 
     def _check_group(self, group: str) -> str:
         router = self._state.router
@@ -300,7 +315,7 @@ class Execution:
         channel = request.channel or self._default_channel()
         if self._job.attempt > 1:
             # An earlier attempt may have published chunks before its worker died.
-            self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
+            await self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
         groups = [group, *state.settings.router.fallbacks.get(group, [])]
         resumes = 0
         while True:
@@ -313,7 +328,7 @@ class Execution:
                         state.metrics.ttft.labels(state.metrics.group(request.model)).observe(
                             time.monotonic() - self._started
                         )
-                    self._publish(
+                    await self._publish(
                         channel, ChunkEvent(text=piece.text, request_id=self._job.request_id, seq=seq)
                     )
                     seq += 1
@@ -333,10 +348,12 @@ class Execution:
                 self._attempt += 1
                 self._log.warning("stream_resumed", error=exc.reason, chunks_lost=seq)
                 state.metrics.retries.labels(state.metrics.group(request.model), "stream_resumed").inc()
-                self._publish(channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt))
+                await self._publish(
+                    channel, ResetEvent(request_id=self._job.request_id, attempt=self._attempt)
+                )
 
-    def _publish(self, channel: str, event: ChunkEvent | ResetEvent) -> None:
-        self._state.outbox.publish(channel, to_json(event))
+    async def _publish(self, channel: str, event: ChunkEvent | ResetEvent) -> None:
+        await self._out.publish(channel, to_json(event))
 
     # --- the end of every request ---------------------------------------------------------------
 
@@ -366,7 +383,7 @@ class Execution:
                 ttl_s=state.settings.worker.ledger_ttl_days * 86400,
                 tpm_key=state.keys.rate(tenant_id, "tpm", current_minute()) if counts_tokens else None,
             )
-        status = await state.outbox.finish(
+        status = await self._out.finish(
             Final(
                 reply_key=state.keys.reply(self._job.request_id),
                 reply_json=to_json(reply),

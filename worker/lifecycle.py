@@ -56,6 +56,7 @@ async def start_services(settings: Settings, redis: Redis) -> Services:
             min_replicas_ack=settings.redis.min_replicas_ack,
             replica_ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
             on_ack_shortfall=lambda _acknowledged: metrics.replica_ack_shortfalls.inc(),
+            direct=redis,
         ),
         cancels=CancelWatcher(redis, keys.cancel),
         limiter=Limiter(redis, keys),

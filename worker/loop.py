@@ -75,6 +75,7 @@ class PoolWorker:
         # Set while the worker would claim: a free slot, not draining, its event loop on time. Only
         # then does it take wake-up tokens; a worker that could not claim leaves them to others.
         self._room = asyncio.Event()
+        self._looked = asyncio.Event()  # set after each look at the queue (for the wake-up reader)
         self._stop = asyncio.Event()
         self._draining = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -154,6 +155,7 @@ class PoolWorker:
             lease_ms=self._lease_ms,
             max_clock_skew_ms=int(limits.max_clock_skew_s * 1000),
             max_envelope_bytes=limits.max_payload_bytes,
+            max_tries=limits.max_tries,
         )
         runner = JobRunner(self._redis, self._keys, state, self._queue, limits.reply_ttl_s)
         wakeups = Wakeups(
@@ -161,7 +163,10 @@ class PoolWorker:
             self._keys,
             wake=self._wake,
             room=self._room,
+            looked=self._looked,
             busy_delay_s=lambda: min(LOAD_BACKOFF_CAP_S, self.running * LOAD_BACKOFF_PER_JOB_S),
+            idle=lambda: self._room.is_set() and not self._tasks,
+            on_relayed=lambda how: state.metrics.relayed.labels(how).inc(),
             worker_id=state.worker_id,
             queue_notifications=limits.queue_notifications,
         )
@@ -173,13 +178,15 @@ class PoolWorker:
             while not self._stop.is_set():
                 self._update_room()
                 claimed = await self._iteration(claimer, runner, woken)
+                self._looked.set()
                 if claimed >= self._batch:
                     continue  # took a full batch: there may be more
                 wait_s = self._poll_delay_s if self._taking_jobs() else min(self._poll_delay_s, BUSY_POLL_S)
                 if self._redis_outage.failing:
                     wait_s = OUTAGE_POLL_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
                 woken = self._wake.is_set()
                 self._wake.clear()
         finally:
@@ -223,7 +230,7 @@ class PoolWorker:
         redis_ahead_ms = claimed.redis_now_ms - int(time.time() * 1000)
         loop = asyncio.get_running_loop()
         for job in claimed.jobs:
-            task = loop.create_task(runner.run(job.job_id, job.due_ms - redis_ahead_ms), name=job.job_id)
+            task = loop.create_task(runner.run(job, job.due_ms - redis_ahead_ms), name=job.job_id)
             task.add_done_callback(functools.partial(self._job_finished, job.job_id))
             self._tasks[job.job_id] = task
             self._leases.keep(job.job_id)

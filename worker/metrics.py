@@ -96,6 +96,13 @@ class Metrics:
             ["group", "reason"],
             registry=r,
         )
+        self.relayed = Counter(
+            "llm_pool_wake_relay_jobs",
+            "Jobs enqueued by plain arq that this worker's wake relay saw, by how it woke a worker: "
+            "token (pushed on the wake-up list) or here (this worker was idle and claimed it).",
+            ["how"],
+            registry=r,
+        )
         self.replica_ack_shortfalls = Counter(
             "llm_pool_replica_ack_shortfalls",
             "Final writes confirmed by fewer replicas than redis.min_replicas_ack (WAIT), per WAIT.",

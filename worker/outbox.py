@@ -6,6 +6,18 @@ token, and no chunk can overtake another: they leave in the order they were queu
 of a request (reply key, ledger, final event) is queued behind that request's chunks and awaited,
 and runs as one Lua script so that the reply is written once and the ledger counted once.
 
+The thread has a cost when a worker is nearly idle: each hand-over waits for the GIL while the event
+loop runs (LiteLLM parsing the rest of the stream, its end-of-stream logging), a millisecond or more
+per request. So the event loop also writes, on one connection of its own (``direct``):
+
+- a request whose first write finds the thread with nothing queued or in flight writes all its
+  chunks and its final write there (``RequestWriter``), in order, without waiting for answers;
+- any other request's final write goes there too when the thread is idle at that moment (its chunks
+  are all in Redis then).
+
+A request keeps its path, so its writes never overtake each other; when that connection fails, the
+thread takes over (what was sent on it is then in Redis or gone), with its retries.
+
 With ``redis.min_replicas_ack`` > 0, a batch holding final writes ends with ``WAIT n timeout`` on
 the same connection, and those writes are reported done only after it: a request lets go of its
 lease only once that many replicas have its reply, so a failover to one of them keeps it. A WAIT
@@ -23,10 +35,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
+from typing import Any
 
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.client import Pipeline as SyncPipeline
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from llm_pool.connections import out_of_memory
 from llm_pool.logging import OutageLog, get_logger
@@ -39,6 +54,7 @@ FINALIZE_LUA = (files("worker") / "finalize.lua").read_text(encoding="utf-8")
 DUPLICATE = 0  # the reply key existed: an earlier run had answered
 WRITTEN = 1
 EVENT_REFUSED = 2  # the reply is written, but Redis refused the final event (an ACL on the channel)
+UNREAD_ANSWERS_MAX = 1000  # posted commands whose answers pile up before they are read
 
 
 @dataclass(frozen=True)
@@ -89,11 +105,14 @@ class Outbox:
         min_replicas_ack: int = 0,
         replica_ack_timeout_ms: int = 1000,
         on_ack_shortfall: Callable[[int], None] | None = None,
+        direct: Redis | None = None,
     ) -> None:
         """``min_replicas_ack``: replicas that must confirm a batch's final writes (``WAIT``) before
         they are reported done, within ``replica_ack_timeout_ms``; ``on_ack_shortfall(acknowledged)``
-        is called (from the outbox's thread) when fewer do."""
+        is called (from the outbox's thread or the event loop) when fewer do. ``direct``: the event
+        loop's connection, for final writes sent while the outbox is idle (none: always the thread)."""
         self._redis = redis
+        self._direct = _Line(direct) if direct is not None else None
         self._min_replicas_ack = min_replicas_ack
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._on_ack_shortfall = on_ack_shortfall
@@ -126,6 +145,8 @@ class Outbox:
         await asyncio.to_thread(self._thread.join, timeout_s)
         self._thread = None
         self._redis.close()
+        if self._direct is not None:
+            await self._direct.close()
 
     def _put(self, item: Publish | Final) -> None:
         with self._ready:
@@ -142,8 +163,41 @@ class Outbox:
         existed) or ``EVENT_REFUSED``. While Redis is out of memory the write is retried (the job
         keeps its lease meanwhile): a request that ran is never run again for want of memory.
         Raises the Redis error if Redis refuses the write for any other reason."""
+        if self._direct is not None and self._idle.is_set() and not self._stopping:
+            status = await self._finish_on(self._direct, final, wait=False)
+            if status is not None:
+                return status
+        return await self._finish_on_thread(final)
+
+    def writer(self) -> RequestWriter:
+        """The writer of one request's chunks and final write (see the module's docstring)."""
+        return RequestWriter(self)
+
+    def _line_if_idle(self) -> _Line | None:
+        """The event loop's connection, when a request may start on it: connected, and nothing
+        queued for or in flight on the thread."""
+        line = self._direct
+        if line is not None and line.connected and self._idle.is_set() and not self._stopping:
+            return line
+        return None
+
+    async def _finish_on_thread(self, final: Final) -> int:
         self._put(final)
         return await asyncio.shield(final.done)
+
+    async def _finish_on(self, line: _Line, final: Final, *, wait: bool) -> int | None:
+        """The final write sent on the event loop's connection (``wait``: for a write in progress
+        there, else give up at once); None if it did not go through (the thread then sends it
+        again: ``finalize.lua`` writes a reply once, whatever the number of sends)."""
+        commands: list[list[str | bytes | int | float]] = [self._final_command(final)]
+        if self._min_replicas_ack > 0:
+            commands.append(["WAIT", self._min_replicas_ack, self._replica_ack_timeout_ms])
+        answers = await line.send(commands, wait=wait)
+        if answers is None:
+            return None
+        if len(answers) > 1:
+            self._check_acks(answers[1], 1)
+        return int(answers[0])
 
     def _run(self) -> None:
         while True:
@@ -247,6 +301,12 @@ class Outbox:
             self._on_ack_shortfall(acknowledged)
 
     def _queue_final(self, pipe: SyncPipeline, final: Final) -> None:
+        # EVALSHA itself: redis-py's Script in a pipeline asks SCRIPT EXISTS first, one more round
+        # trip per final write. A NOSCRIPT answer (a restarted or new primary) loads it (_send).
+        pipe.execute_command(*self._final_command(final))  # type: ignore[no-untyped-call]
+
+    def _final_command(self, final: Final) -> list[str | bytes | int | float]:
+        """``finalize.lua``'s EVALSHA for ``final``."""
         ledger = final.ledger
         tpm_key = ledger.tpm_key if ledger else None
         keys = [final.reply_key, ledger.key if ledger else final.reply_key, tpm_key or final.reply_key]
@@ -262,6 +322,121 @@ class Outbox:
             "1" if ledger else "0",
             "1" if tpm_key else "0",
         ]
-        # EVALSHA itself: redis-py's Script in a pipeline asks SCRIPT EXISTS first, one more round
-        # trip per final write. A NOSCRIPT answer (a restarted or new primary) loads it (_send).
-        pipe.execute_command("EVALSHA", self._finalize.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        return ["EVALSHA", self._finalize.sha, len(keys), *keys, *args]
+
+
+class RequestWriter:
+    """One request's writes, in the order made: its chunks (``publish``), then ``finish``.
+
+    The first write picks the path: the event loop's connection when the thread has nothing queued
+    or in flight, else the thread; the request keeps it, and moves to the thread only once that
+    connection has failed.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._routed = False
+        self._line: _Line | None = None
+
+    def _route(self) -> None:
+        if not self._routed:
+            self._routed = True
+            self._line = self._outbox._line_if_idle()
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        """Send one pub-sub message (best effort: a listener that misses one reads the reply key)."""
+        self._route()
+        if self._line is not None:
+            if await self._line.post(["PUBLISH", channel, data]):
+                return
+            self._line = None  # the connection failed: the thread from here on
+        self._outbox.publish(channel, data)
+
+    async def finish(self, final: Final) -> int:
+        """As ``Outbox.finish``, after every chunk this writer sent."""
+        self._route()
+        if self._line is None:
+            return await self._outbox.finish(final)
+        status = await self._outbox._finish_on(self._line, final, wait=True)
+        if status is not None:
+            return status
+        # Everything sent on the connection was answered (the answer was an error: a full Redis,
+        # a missing script...) or is gone with it: the thread's retries take over.
+        return await self._outbox._finish_on_thread(final)
+
+
+class _Line:
+    """One connection of the event loop's client, held for writes made from the loop.
+
+    A command through the client's pool yields to the event loop once before it is sent (redis-py's
+    check that a pooled connection has no stray data waits for a loop iteration with hiredis): at
+    the end of a stream that iteration runs LiteLLM's end-of-stream logging first, about a
+    millisecond. A held connection sends at once. ``post`` writes a command whose answer nobody
+    needs (a chunk); ``send`` writes commands and reads their answers, after the answers of
+    everything posted before. Any failure drops the connection; the next ``send`` takes a fresh one
+    (after a failover: to the new primary).
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._connection: AbstractConnection | None = None
+        self._lock = asyncio.Lock()  # one reader of answers at a time
+        self._unread = 0  # answers to posted commands not read yet
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    async def post(self, command: list[str | bytes | int | float]) -> bool:
+        """Write ``command`` now, without waiting for its answer; False if the connection failed."""
+        connection = self._connection
+        if connection is None:
+            return False
+        try:
+            await connection.send_packed_command(connection.pack_command(*command), check_health=False)
+        except (RedisError, OSError):
+            await self._drop()
+            return False
+        self._unread += 1
+        if self._unread >= UNREAD_ANSWERS_MAX:
+            return await self.send([]) is not None  # read what has piled up (a long stream)
+        return True
+
+    async def send(
+        self, commands: list[list[str | bytes | int | float]], *, wait: bool = True
+    ) -> list[Any] | None:
+        """Write ``commands`` and read their answers; None if they did not all succeed, or (without
+        ``wait``) if another ``send`` is reading."""
+        if not wait and self._lock.locked():
+            return None
+        async with self._lock:
+            try:
+                if self._connection is None:
+                    self._connection = await self._redis.connection_pool.get_connection()
+                connection = self._connection
+                unread, self._unread = self._unread, 0
+                if commands:
+                    await connection.send_packed_command(
+                        connection.pack_commands(commands), check_health=False
+                    )
+                for _ in range(unread):
+                    with contextlib.suppress(ResponseError):  # a refused PUBLISH: chunks are best effort
+                        await connection.read_response()
+                return [await connection.read_response() for _ in commands]
+            except (RedisError, OSError):
+                await self._drop()
+                return None
+            except asyncio.CancelledError:
+                await asyncio.shield(self._drop())  # answers may still be on their way
+                raise
+
+    async def close(self) -> None:
+        await self._drop()
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        self._unread = 0
+        if connection is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await connection.disconnect()
+            await self._redis.connection_pool.release(connection)

@@ -6,9 +6,10 @@ come back forever, and keeps the job's arguments (the prompt) in ``arq:result:{i
 as the result. This runner keeps arq's keys and formats, so plain arq callers (``Job.status()``,
 ``Job.result()``) and dedupe keep working, and changes what happens in them:
 
-1. one round trip (``start.lua``) counts the try (``arq:retry:{id}``), reads the envelope's size
-   (``STRLEN``) and whether the request already has its reply, and reads the envelope only when it
-   may be; a finished request ends there, quietly;
+1. the claim (``worker/claim.lua``, the same round trip) has counted the try (``arq:retry:{id}``)
+   and read the envelope's size (``STRLEN``), whether the request already has its reply and whether
+   its caller cancelled it, and the envelope only when it may be read; a finished request ends
+   there, quietly;
 2. after ``worker.max_tries`` tries the request is answered ``internal`` without reading anything;
    an envelope over ``worker.max_payload_bytes`` is answered without being read; otherwise it is
    decoded (``llm_pool.serialization.decode_job``, which never raises);
@@ -26,8 +27,6 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,23 +36,14 @@ from llm_pool.connections import out_of_memory
 from llm_pool.keys import Keys
 from llm_pool.logging import get_logger
 from llm_pool.serialization import UndecodableJob, decode_job
+from worker.claim import Claim
 from worker.execution import Execution, JobInfo
 from worker.state import WorkerState
 
 log = get_logger("worker.runner")
 
-START_LUA = (files("worker") / "start.lua").read_text(encoding="utf-8")
-RETRY_KEY_TTL_S = 88_400  # arq's
 # While Redis is away (an outage, a failover): when to try a job's bookkeeping again, about 9 s in all.
 RETRY_DELAYS_S = (0.0, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-@dataclass(frozen=True)
-class _Start:
-    attempt: int
-    envelope_bytes: int
-    reply: bytes | None
-    envelope: bytes | None  # read only when it may be: no reply yet, within the tries and the size
 
 
 class JobRunner:
@@ -68,19 +58,11 @@ class JobRunner:
         self._max_bytes = state.settings.worker.max_payload_bytes
         self._max_tries = state.settings.worker.max_tries
         self._outer_timeout_s = state.settings.worker.max_timeout_s + 30
-        self._start_script = redis.register_script(START_LUA)
 
-    async def run(self, job_id: str, due_local_ms: int) -> None:
+    async def run(self, start: Claim, due_local_ms: int) -> None:
         """Run one claimed job; ``due_local_ms``: when it was due, in this machine's clock."""
         started_ms = int(time.time() * 1000)
-        try:
-            start = await self._start(job_id)
-        except (RedisError, OSError) as exc:
-            # Nothing ran: give the claim back, so that it runs when Redis takes writes again (after
-            # a failover, on the new primary; else the claim would hold it for up to a lease).
-            log.warning("job_start_failed", request_id=job_id, error=type(exc).__name__)
-            await self._release(job_id, RETRY_DELAYS_S)
-            return
+        job_id = start.job_id
         if start.reply is not None:
             # An earlier run wrote the reply and stopped before recording the job's end: the
             # request is over, and nothing may be published after its final event.
@@ -88,7 +70,12 @@ class JobRunner:
             await self._end(job_id, "complete", start.attempt, due_local_ms, started_ms, start.reply, True)
             return
         function, args, kwargs = self._arguments(start)
-        job = JobInfo(request_id=job_id, attempt=start.attempt, enqueued_ms=due_local_ms)
+        job = JobInfo(
+            request_id=job_id,
+            attempt=start.attempt,
+            enqueued_ms=due_local_ms,
+            cancel_requested=start.cancelled,
+        )
         execution = Execution(self._state, job, stream=function == "complete_stream")
         try:
             async with asyncio.timeout(self._outer_timeout_s):
@@ -110,16 +97,7 @@ class JobRunner:
             self._end(job_id, function, start.attempt, due_local_ms, started_ms, reply, True)
         )
 
-    async def _start(self, job_id: str) -> _Start:
-        keys = [self._keys.retry(job_id), self._keys.job(job_id), self._keys.reply(job_id)]
-        attempt, size, reply, envelope = await self._start_script(
-            keys=keys, args=[RETRY_KEY_TTL_S, self._max_bytes, self._max_tries]
-        )
-        return _Start(
-            attempt=int(attempt), envelope_bytes=int(size), reply=reply or None, envelope=envelope or None
-        )
-
-    def _arguments(self, start: _Start) -> tuple[str, list[Any], dict[str, Any]]:
+    def _arguments(self, start: Claim) -> tuple[str, list[Any], dict[str, Any]]:
         """The job's function, arguments and keyword arguments, read only when it was safe to."""
         if start.attempt > self._max_tries:
             return "complete", [], {}  # Execution answers `internal` before looking at arguments
@@ -183,10 +161,7 @@ class JobRunner:
                     keep = None
         # Still queued: the next run finds the reply key and ends at once, publishing nothing.
 
-    async def _release(self, job_id: str, delays_s: tuple[float, ...] = (0.0,)) -> None:
-        """Delete the claim; while Redis is away, again after each of ``delays_s``."""
-        for delay_s in delays_s:
-            await asyncio.sleep(delay_s)
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.delete(self._keys.claim(job_id))
-                return
+    async def _release(self, job_id: str) -> None:
+        """Delete the claim, so that the job runs elsewhere at once (else when its lease lapses)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self._keys.claim(job_id))

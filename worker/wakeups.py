@@ -10,6 +10,9 @@ Jobs enqueued by plain arq push no token. For them, one worker at a time (the ho
 ``P:wake-relay``) listens to the queue's keyspace notifications (``notify-keyspace-events`` with
 ``K`` and ``z``) and pushes a token for each ``zadd`` (the pool's own enqueue script adds its entry
 with ``ZINCRBY``, whose event is ``zincr``: it has pushed its token already, so each job gets one).
+A relay with nothing to do claims the job itself instead, once per look at the queue: that spares
+the token's round trip through Redis and another process's wake-up (``how="here"`` in the
+``llm_pool_wake_relay_jobs`` metric, ``how="token"`` otherwise).
 ``worker.queue_notifications`` says whether to: ``off``; ``use`` (the default: relay when the
 server has them on; a worker never changes the server's configuration on its own); ``enable`` (turn
 them on with ``CONFIG SET``, again after every reconnect or failover). Without them, plain-arq jobs
@@ -38,6 +41,7 @@ log = get_logger(__name__)
 
 LEASE_LUA = (files("worker") / "relay_lease.lua").read_text(encoding="utf-8")
 TOKEN_WAIT_S = 5  # a blocked BLPOP returns after this long and blocks again
+LOOK_WAIT_S = 1.0  # after a token, how long to wait for the claim loop to look, at most
 RELAY_LEASE_MS = 15_000
 RELAY_RENEW_S = 5.0
 RELAY_RETRY_S = 5.0  # how often a worker that does not relay checks whether the relay is gone
@@ -45,7 +49,8 @@ NOTIFICATIONS_RECHECK_S = 30.0  # with notifications off, how often the relay lo
 
 
 class Wakeups:
-    """Sets ``wake`` when a token arrives; relays plain-arq enqueues when it holds the lease."""
+    """Sets ``wake`` when a token arrives, and takes the next one once the worker has claimed
+    (``looked``); relays plain-arq enqueues when it holds the lease."""
 
     def __init__(
         self,
@@ -54,7 +59,10 @@ class Wakeups:
         *,
         wake: asyncio.Event,
         room: asyncio.Event,
+        looked: asyncio.Event,
         busy_delay_s: Callable[[], float],
+        idle: Callable[[], bool],
+        on_relayed: Callable[[str], None],
         worker_id: str,
         queue_notifications: str,
     ) -> None:
@@ -62,7 +70,10 @@ class Wakeups:
         self._keys = keys
         self._wake = wake
         self._room = room
+        self._looked = looked
         self._busy_delay_s = busy_delay_s
+        self._idle = idle
+        self._on_relayed = on_relayed
         self._worker_id = worker_id
         self._mode = queue_notifications
         self._lease = redis.register_script(LEASE_LUA)
@@ -102,7 +113,13 @@ class Wakeups:
                 continue
             outage.succeeded()
             if token is not None:
+                # Wait for the claim this token asks for before blocking again: the claim goes out
+                # first (both share the event loop), and the next token finds the room up to date.
+                self._looked.clear()
                 self._wake.set()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LOOK_WAIT_S):
+                        await self._looked.wait()
                 await asyncio.sleep(self._busy_delay_s())
 
     # --- the relay --------------------------------------------------------------------------------
@@ -166,15 +183,23 @@ class Wakeups:
         return True
 
     async def _relay_for(self, pubsub: PubSub, seconds: float) -> None:
-        """Push one token per ``zadd`` on the queue for ``seconds``."""
+        """Wake one worker per ``zadd`` on the queue for ``seconds``: this one when it is idle and
+        has looked at the queue since it last woke itself, else whoever takes a token."""
         until = time.monotonic() + seconds
         while (left := until - time.monotonic()) > 0:
             message = await pubsub.get_message(timeout=left)
-            if message is not None and message.get("data") == b"zadd":
+            if message is None or message.get("data") != b"zadd":
+                continue
+            if self._looked.is_set() and self._idle():
+                self._looked.clear()
+                self._wake.set()
+                self._on_relayed("here")
+            else:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.rpush(self._keys.wakeups, b"1")
                     pipe.ltrim(self._keys.wakeups, -WAKEUPS_KEPT, -1)
                     await pipe.execute()
+                self._on_relayed("token")
 
 
 async def _close(pubsub: PubSub | None) -> None:
