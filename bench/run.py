@@ -1133,15 +1133,20 @@ async def wakeups(bench: Bench) -> None:
         bench.results.note(
             section,
             "Each worker count on a private Redis with notify-keyspace-events Kz, poll_delay_s 0.5; "
-            "per-request costs are net of the idle polling measured just before. Before this change "
-            "every enqueue woke every idle worker (measured: 3.85 Lua calls per request with 1 "
+            "per-request costs are net of the idle polling measured just before. Before one wake-up "
+            "per job, every enqueue woke every idle worker (3.85 Lua calls per request with 1 "
             "worker, 9.9 with 8), and plain-arq jobs waited for the poll (p50 149 ms, p90 295 ms "
-            "more than in process). A plain-arq job now starts as fast as one from LLMPool (the two "
-            "rows above, within noise): the relay adds no measurable time. What separates both from "
-            "in process is the pool's path from enqueue to the done event (the wake-up, the claim, "
-            "the start, the Router in a worker process, the final write through the outbox thread). "
-            "The comparison is with the same stream in process read to its end (LiteLLM finishes "
-            "a stream a few ms after its only token); the time to its first token is shown too.",
+            "more than in process). The latency rows come from one process (bench/direct.py "
+            "side-by-side), one request at a time, each after 0.3 s of quiet, 100 times over: the "
+            "1-token stream through the Router in that process (read to its end: LiteLLM ends a "
+            "stream a few ms after its only token), then the same enqueued by plain arq, then by "
+            "LLMPool.submit. A request to the pool meets a worker that has been idle, so the "
+            "in-process stream gets the same pause; back to back it is 2-3 ms faster (last row), "
+            "which is not what an interactive request meets. The pool's own path: arq's enqueue (3 "
+            "round trips), the keyspace notification to the relay (an idle relay claims the job "
+            "itself), one claim round trip that also starts the run (try, reply and cancel keys, "
+            "envelope), the Router in the worker, and the chunk and final write sent from the "
+            "worker's event loop on a connection of its own.",
         )
     finally:
         wake.close()

@@ -150,6 +150,13 @@ async def test_cancel_key_set_before_the_start_cancels_without_calling_the_provi
     assert "before it started" in reply["error"]["message"]
 
 
+async def test_a_cancel_the_claim_read_cancels_without_asking_redis_again(inproc: InProcessWorker) -> None:
+    """The claim reads the cancel key with the job's start (``JobInfo.cancel_requested``)."""
+    reply, events = await inproc.run(request("slow"), stream=True, cancel_requested=True)
+    assert_error(reply, events, "cancelled")
+    assert "before it started" in reply["error"]["message"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_cancel_key_set_while_running_stops_the_request(inproc: InProcessWorker, stream: bool) -> None:
     request_id = uuid.uuid4().hex

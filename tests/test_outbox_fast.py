@@ -13,7 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from llm_pool.keys import Keys
-from tests.helpers import REDIS_URL
+from tests.helpers import REDIS_URL, kill_clients_named
 from tests.plain import Listener
 from worker.limits import current_minute
 from worker.outbox import DUPLICATE, WRITTEN, Final, LedgerEntry, Outbox
@@ -110,3 +110,66 @@ async def test_a_final_write_waits_for_redis_and_fails_only_when_the_outbox_clos
     await outbox.close(timeout_s=0.2)
     with pytest.raises(redis.ConnectionError):
         await asyncio.wait_for(pending, 5)
+
+
+async def test_a_quiet_outbox_writes_a_request_from_the_event_loop_in_order(
+    aredis: aioredis.Redis, scratch_keys: Keys
+) -> None:
+    """With the thread idle and the worker quiet, a request's chunks and final write leave from the
+    event loop's own connection, in order; with the worker busy, through the thread."""
+    busy = False
+    outbox = Outbox(redis.Redis.from_url(REDIS_URL), direct=aredis, quiet=lambda: not busy)
+    outbox.start()
+    try:
+        # The loop's connection is taken by the first final write made while the thread is idle.
+        assert await outbox.finish(final_for(scratch_keys, "first", TENANT_A, "x")) == WRITTEN
+        for request_id, loop_expected in (("quiet", True), ("busy", False)):
+            busy = not loop_expected
+            writer = outbox.writer()
+            async with Listener(aredis, scratch_keys.stream(request_id)) as listener:
+                for seq in range(30):
+                    await writer.publish(scratch_keys.stream(request_id), chunk(request_id, seq))
+                assert writer.from_loop is loop_expected
+                final = final_for(scratch_keys, request_id, TENANT_A, request_id)
+                assert await writer.finish(final) == WRITTEN
+                events = await listener.until_final(timeout_s=5)
+            assert [e.get("seq") for e in events[:-1]] == list(range(30))
+            assert events[-1] == {"type": "done", "request_id": request_id}
+    finally:
+        await outbox.close()
+    assert json.loads(await aredis.get(scratch_keys.reply("quiet")) or b"{}")["content"] == "quiet"
+
+
+async def test_a_request_moves_to_the_thread_when_the_loop_connection_fails(
+    aredis: aioredis.Redis, scratch_keys: Keys
+) -> None:
+    """A dropped connection mid-stream: chunks are best effort, the rest keep their order, and the
+    final write goes through the thread, once."""
+    name = f"line-{scratch_keys.prefix}"
+    loop_client = aioredis.Redis.from_url(REDIS_URL, client_name=name)
+    outbox = Outbox(redis.Redis.from_url(REDIS_URL), direct=loop_client)
+    outbox.start()
+    try:
+        assert await outbox.finish(final_for(scratch_keys, "first", TENANT_A, "x")) == WRITTEN
+        writer = outbox.writer()
+        async with Listener(aredis, scratch_keys.stream("r")) as listener:
+            for seq in range(10):
+                await writer.publish(scratch_keys.stream("r"), chunk("r", seq))
+            assert writer.from_loop
+            assert await kill_clients_named(aredis, name) == 1
+            for seq in range(10, 40):
+                await writer.publish(scratch_keys.stream("r"), chunk("r", seq))
+                await asyncio.sleep(0.001)
+            assert not writer.from_loop, "the thread from the first failed write on"
+            assert await writer.finish(final_for(scratch_keys, "r", TENANT_A, "after")) == WRITTEN
+            events = await listener.until_final(timeout_s=5)
+            assert await listener.quiet_for(0.1) == []
+        seqs = [e["seq"] for e in events[:-1]]
+        assert seqs == sorted(seqs) and seqs[:10] == list(range(10)) and seqs[-1] == 39
+        assert events[-1] == {"type": "done", "request_id": "r"}
+    finally:
+        await outbox.close()
+        await loop_client.aclose()
+    assert json.loads(await aredis.get(scratch_keys.reply("r")) or b"{}")["content"] == "after"
+    requests = cast(Awaitable[bytes | None], aredis.hget(scratch_keys.usage(TENANT_A), "requests"))
+    assert await requests == b"2"

@@ -24,6 +24,9 @@ from worker.outbox import Outbox
 from worker.server_check import check_server
 from worker.state import JobCounters, WorkerState, default_worker_id
 
+# Requests running at most, for a request starting to write from the event loop (worker/outbox.py).
+QUIET_RUNNING = 2
+
 log = get_logger("worker")
 
 
@@ -57,6 +60,7 @@ async def start_services(settings: Settings, redis: Redis) -> Services:
             replica_ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
             on_ack_shortfall=lambda _acknowledged: metrics.replica_ack_shortfalls.inc(),
             direct=redis,
+            quiet=lambda: counters.running <= QUIET_RUNNING,
         ),
         cancels=CancelWatcher(redis, keys.cancel),
         limiter=Limiter(redis, keys),

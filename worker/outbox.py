@@ -10,8 +10,10 @@ The thread has a cost when a worker is nearly idle: each hand-over waits for the
 loop runs (LiteLLM parsing the rest of the stream, its end-of-stream logging), a millisecond or more
 per request. So the event loop also writes, on one connection of its own (``direct``):
 
-- a request whose first write finds the thread with nothing queued or in flight writes all its
-  chunks and its final write there (``RequestWriter``), in order, without waiting for answers;
+- a request whose first write finds the worker quiet (``quiet()``: a few requests running) and the
+  thread with nothing queued or in flight writes all its chunks and its final write there
+  (``RequestWriter``), in order, without waiting for answers; under load the thread's batches are
+  cheaper (one pipeline for many chunks, where the loop's connection sends each on its own);
 - any other request's final write goes there too when the thread is idle at that moment (its chunks
   are all in Redis then).
 
@@ -106,13 +108,16 @@ class Outbox:
         replica_ack_timeout_ms: int = 1000,
         on_ack_shortfall: Callable[[int], None] | None = None,
         direct: Redis | None = None,
+        quiet: Callable[[], bool] = lambda: True,
     ) -> None:
         """``min_replicas_ack``: replicas that must confirm a batch's final writes (``WAIT``) before
         they are reported done, within ``replica_ack_timeout_ms``; ``on_ack_shortfall(acknowledged)``
         is called (from the outbox's thread or the event loop) when fewer do. ``direct``: the event
-        loop's connection, for final writes sent while the outbox is idle (none: always the thread)."""
+        loop's client, for writes made from the loop while the thread is idle (none: always the
+        thread); ``quiet()``: whether a request starting now may write from the loop."""
         self._redis = redis
         self._direct = _Line(direct) if direct is not None else None
+        self._quiet = quiet
         self._min_replicas_ack = min_replicas_ack
         self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._on_ack_shortfall = on_ack_shortfall
@@ -174,12 +179,12 @@ class Outbox:
         return RequestWriter(self)
 
     def _line_if_idle(self) -> _Line | None:
-        """The event loop's connection, when a request may start on it: connected, and nothing
-        queued for or in flight on the thread."""
+        """The event loop's connection, when a request may start on it: connected, the worker
+        quiet, and nothing queued for or in flight on the thread."""
         line = self._direct
-        if line is not None and line.connected and self._idle.is_set() and not self._stopping:
-            return line
-        return None
+        if line is None or not line.connected or self._stopping:
+            return None
+        return line if self._idle.is_set() and self._quiet() else None
 
     async def _finish_on_thread(self, final: Final) -> int:
         self._put(final)
@@ -328,15 +333,20 @@ class Outbox:
 class RequestWriter:
     """One request's writes, in the order made: its chunks (``publish``), then ``finish``.
 
-    The first write picks the path: the event loop's connection when the thread has nothing queued
-    or in flight, else the thread; the request keeps it, and moves to the thread only once that
-    connection has failed.
+    The first write picks the path: the event loop's connection when the worker is quiet and the
+    thread has nothing queued or in flight, else the thread; the request keeps it, and moves to the
+    thread only once that connection has failed.
     """
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
         self._routed = False
         self._line: _Line | None = None
+
+    @property
+    def from_loop(self) -> bool:
+        """Whether this request's writes go from the event loop (known after its first write)."""
+        return self._line is not None
 
     def _route(self) -> None:
         if not self._routed:

@@ -113,12 +113,15 @@ class InProcessWorker:
         attempt: int = 1,
         enqueued_ms: int | None = None,
         kwargs: dict[str, Any] | None = None,
+        cancel_requested: bool | None = None,
     ) -> dict[str, Any]:
-        """One job with these positional arguments, as ``complete``/``complete_stream`` run it."""
+        """One job with these positional arguments, as ``complete``/``complete_stream`` run it
+        (``cancel_requested``: what the claim read of the cancel key; None: the execution asks)."""
         job = JobInfo(
             request_id=request_id or uuid.uuid4().hex,
             attempt=attempt,
             enqueued_ms=now_ms() if enqueued_ms is None else enqueued_ms,
+            cancel_requested=cancel_requested,
         )
         return await Execution(self.state, job, stream).execute(args, kwargs or {})
 
