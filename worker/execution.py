@@ -49,8 +49,8 @@ YIELD_EVERY_CHUNKS = 8
 class JobInfo:
     """What arq tells us about the job: its id (the request id), try number and enqueue time.
 
-    ``cancel_requested``: whether ``P:cancel:{id}`` existed when the run started (the runner reads
-    it with the start, in the same round trip); None: not read yet, the execution asks Redis."""
+    ``cancel_requested``: whether ``P:cancel:{id}`` existed when the job was claimed (the claim
+    script reads it, in the same round trip); None: not read yet, the execution asks Redis."""
 
     request_id: str
     attempt: int

@@ -400,13 +400,17 @@ class _Line:
     async def post(self, command: list[str | bytes | int | float]) -> bool:
         """Write ``command`` now, without waiting for its answer; False if the connection failed."""
         connection = self._connection
-        if connection is None:
+        if connection is None or not connection.is_connected:
+            await self._drop()  # redis-py would connect again, and the unread answers would be lost
             return False
         try:
             await connection.send_packed_command(connection.pack_command(*command), check_health=False)
         except (RedisError, OSError):
             await self._drop()
             return False
+        except asyncio.CancelledError:
+            await asyncio.shield(self._drop())  # the command may be half sent
+            raise
         self._unread += 1
         if self._unread >= UNREAD_ANSWERS_MAX:
             return await self.send([]) is not None  # read what has piled up (a long stream)
@@ -421,6 +425,8 @@ class _Line:
             return None
         async with self._lock:
             try:
+                if self._connection is not None and not self._connection.is_connected:
+                    await self._drop()  # its unread answers are gone with it
                 if self._connection is None:
                     self._connection = await self._redis.connection_pool.get_connection()
                 connection = self._connection
