@@ -1,4 +1,5 @@
-"""Everything a worker writes about a request, in order, pipelined over one Redis connection.
+"""Everything a worker writes about a request, in order: batched by a writer thread, or from the
+event loop while the worker is quiet.
 
 Chunks are queued without waiting, and one writer thread sends whatever has accumulated as a single
 pipeline, so a worker publishing for many streams pays one round trip per batch instead of one per
@@ -89,10 +90,11 @@ class Publish:
 
 
 class Outbox:
-    """Ordered, batched writer; one per worker process, on a thread of its own.
+    """Ordered, batched writer; one per worker process, on a thread of its own (and, for a quiet
+    worker, the event loop's connection: ``writer()``).
 
-    The writes leave from a dedicated thread with a synchronous Redis connection, not from an
-    asyncio task: a worker busy with LiteLLM runs event-loop iterations of hundreds of
+    Under load the writes leave from a dedicated thread with a synchronous Redis connection, not
+    from an asyncio task: a worker busy with LiteLLM runs event-loop iterations of hundreds of
     milliseconds under load, and a writer task would wait one such iteration per round trip
     (measured: 0.7 s per flush, 1.3 s from a chunk to its listener, with 100 streams). The thread
     only needs the GIL, which Python hands over every few milliseconds.
